@@ -1,0 +1,254 @@
+"""Command line: ``python -m oodgen {models,invert,reconstruct,generate,...}``.
+
+Every command uses the bundled model unless ``--model`` says otherwise, shows tqdm progress on
+stderr for long work, and fails with one clear line on stderr and exit code 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import METHODS, DDIMSettings, GenerationSettings
+
+log = logging.getLogger("oodgen")
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- shared pieces
+def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(progress(done, total) callback, close()) backed by a tqdm bar on stderr."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="img-step", file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str] = "DEFAULT") -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL if default_model == "DEFAULT" else default_model,
+                   help=f"registry name, diffusers folder, ADM checkpoint file or hub id (default: {DEFAULT_MODEL if default_model == 'DEFAULT' else 'the one the latents were made with'})")
+    p.add_argument("--model-config", default=None, help="architecture of a raw ADM checkpoint: preset name or JSON file of its constructor arguments")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="UNet precision (default: float32)")
+
+
+def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
+    d = DDIMSettings()
+    tail = " (default: the latent file's)" if from_file else ""
+    p.add_argument("--t-end", type=int, default=None if from_file else d.t_end, help=f"operating timestep of the latent space (default: {d.t_end}){tail}")
+    p.add_argument("--steps", type=int, default=None if from_file else d.steps, help=f"DDIM steps (default: {d.steps}){tail}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per model call (default: {d.batch_size})")
+
+
+def _load_model(args: argparse.Namespace, model: Optional[str] = None):
+    from .models import load_model
+
+    cfg = args.model_config
+    if cfg and Path(cfg).is_file():
+        cfg = json.loads(Path(cfg).read_text())
+    return load_model(model or args.model, device=args.device, dtype=args.dtype, model_config=cfg)
+
+
+def _load_inputs(paths: Sequence[str], model) -> tuple:
+    """(x [N, C, H, W] in [-1, 1], stretch, samples) for the model; skipped files reported on stderr."""
+    from .data import load_paths, to_model_input
+
+    report = load_paths(paths)
+    for name, msg in report.errors:
+        print(f"oodgen: skipped {name}: {msg}", file=sys.stderr)
+    if not report.samples:
+        raise CLIError(f"no usable images in {', '.join(map(str, paths))}" + (f" ({len(report.errors)} skipped, see above)" if report.errors else ""))
+    x, stretch = to_model_input(report.samples, model.resolution, model.channels)
+    log.info("loaded %d samples (%s) from %s", len(report.samples), report.samples[0].kind, ", ".join(map(str, paths)))
+    return x, stretch, report.samples
+
+
+# ---------------------------------------------------------------- commands
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import REGISTRY
+
+    for spec in REGISTRY.values():
+        print(f"{spec.key:32s} {spec.resolution:4d}px  {'bundled' if spec.bundled else 'hub    '}  {spec.description}")
+    return 0
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from . import engine
+    from .latents import save_latents
+
+    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
+    model = _load_model(args)
+    x, stretch, samples = _load_inputs(args.input, model)
+    update, close = _progress_bar("invert", args.quiet)
+    try:
+        z = engine.invert(model, x, settings, progress=update)
+    finally:
+        close()
+    meta = {
+        "model": model.name,
+        "model_config": args.model_config,
+        "resolution": model.resolution,
+        **settings.to_json(),
+        "kind": samples[0].kind,
+        "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
+        "stretch": stretch.to_json() if stretch is not None else None,
+    }
+    save_latents(args.out, z, meta)
+    print(f"wrote {len(samples)} latents {tuple(z.shape[1:])} at t={settings.t_end} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from . import engine
+
+    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
+    model = _load_model(args)
+    x, _, samples = _load_inputs(args.input, model)
+    update, close = _progress_bar("reconstruct", args.quiet)
+    try:
+        rec = engine.reconstruct(model, x, settings, progress=update)
+    finally:
+        close()
+    result = {**rec.summary(), "model": model.name, "t_end": settings.t_end, "steps": settings.steps,
+              "per_image": {s.name: round(float(m), 6) for s, m in zip(samples, rec.mae)}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"reconstruction MAE ([0, 1] scale) over {result['n']} images: {result['mae']:.4f} +- {result['mae_std']:.4f}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from . import engine
+    from .data import Stretch, from_model_output, to_uint8_rgb
+    from .latents import load_latents, save_latents
+
+    z, meta = load_latents(args.latents)
+    t_end = args.t_end if args.t_end is not None else meta.get("t_end")
+    steps = args.steps if args.steps is not None else meta.get("steps")
+    if t_end is None or steps is None:
+        raise CLIError(f"{args.latents} does not record t_end/steps; pass --t-end and --steps")
+    if args.t_end is not None and meta.get("t_end") not in (None, args.t_end):
+        raise CLIError(f"--t-end {args.t_end} differs from the latents' t_end {meta['t_end']}: the latents live at t={meta['t_end']}")
+    ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=args.batch_size)
+    gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
+                                      per_dim_variance=args.per_dim_variance, geometric_filter=args.filter)
+    model = _load_model(args, args.model or meta.get("model"))
+    update, close = _progress_bar("generate", args.quiet)
+    try:
+        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update)
+    finally:
+        close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
+    rgb = to_uint8_rgb(gen.images)
+    physical = from_model_output(gen.images, stretch) if stretch is not None else None
+    records = []
+    for k, d in enumerate(gen.draws):
+        stem = f"gen_{k:04d}"
+        Image.fromarray(rgb[k]).save(out / f"{stem}.png")
+        rec = {"file": f"{stem}.png", "method": d.method, "i": d.i, "j": d.j, "alpha": None if d.method == "gaussian" else d.alpha}
+        if physical is not None:
+            np.save(out / f"{stem}.npy", np.ascontiguousarray(np.moveaxis(physical[k], -1, 0)).astype(np.float32))
+            rec["npy"] = f"{stem}.npy"
+        records.append(rec)
+    manifest = {"latents": str(args.latents), "model": model.name, "ddim": ddim_settings.to_json(),
+                "generation": gen_settings.to_json(), "unit": stretch.unit if stretch else None, "samples": records}
+    (out / "generated.json").write_text(json.dumps(manifest, indent=2))
+    if args.save_latents:
+        save_latents(out / "latents.safetensors", gen.latents, {**meta, "generated_from": str(args.latents), "sources": None})
+    print(f"wrote {len(gen.draws)} images to {out}" + (" (PNG + physical .npy)" if physical is not None else ""), file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="python -m oodgen", description="New images of unseen domains from a frozen DDPM (DDIM inversion + latent sampling).")
+    p.add_argument("--version", action="version", version=f"oodgen {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list the known models")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("invert", help="DDIM-invert images to latents (a .safetensors file)")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders or zip archives (PNG/JPEG/TIFF/WebP, FITS, .npy/.npz)")
+    s.add_argument("--out", required=True, metavar="FILE.safetensors", help="latent file to write")
+    _add_model_args(s)
+    _add_ddim_args(s)
+    s.set_defaults(func=cmd_invert)
+
+    s = sub.add_parser("reconstruct", help="invert and denoise back; report the mean absolute error")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders or zip archives")
+    s.add_argument("--json", action="store_true", help="print one JSON object (mae, mae_std, n, per_image)")
+    _add_model_args(s)
+    _add_ddim_args(s)
+    s.set_defaults(func=cmd_reconstruct)
+
+    g = GenerationSettings()
+    s = sub.add_parser("generate", help="sample new latents between inverted ones and denoise them to images")
+    s.add_argument("--latents", required=True, metavar="FILE", help="latent file from `invert`")
+    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG, + physical .npy for multi-band sources, generated.json)")
+    s.add_argument("--method", choices=METHODS, default=g.method, help=f"how new latents are drawn (default: {g.method})")
+    s.add_argument("--alpha", type=float, default=g.alpha, help=f"interpolation weight in [0, 1] (default: {g.alpha})")
+    s.add_argument("--eta", type=float, default=g.eta, help=f"DDIM stochasticity while decoding (default: {g.eta})")
+    s.add_argument("--seed", type=int, default=g.seed, help=f"random seed (default: {g.seed})")
+    s.add_argument("--per-dim-variance", action="store_true", help="gaussian: per-dimension instead of scalar variance")
+    s.add_argument("--filter", action="store_true", help="keep only draws that pass the authors' geometric filter")
+    s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
+    _add_model_args(s, default_model=None)
+    _add_ddim_args(s, from_file=True)
+    s.set_defaults(func=cmd_generate)
+
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .data import DataError
+    from .ddim import Cancelled
+    from .latents import LatentFileError
+    from .models import ModelLoadError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, DataError, ModelLoadError, LatentFileError, ValueError, FileNotFoundError) as e:
+        print(f"oodgen: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Cancelled):
+        print("oodgen: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,59 @@
+"""Settings shared by the command line and the app: small frozen dataclasses, one comment per field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Method = Literal["slerp", "lerp", "gaussian"]
+METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
+
+
+@dataclass(frozen=True)
+class DDIMSettings:
+    """How images are mapped to latents and back."""
+
+    t_end: int = 900  # operating timestep of the latent space (paper: 800-900; authors' default 900)
+    steps: int = 50  # DDIM steps between 0 and t_end, one model call each (authors: 80)
+    batch_size: int = 32  # images per model call; lowered automatically when memory runs out
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= self.t_end:
+            raise ValueError(f"steps={self.steps} must be between 1 and t_end={self.t_end}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How new latents are drawn in the out-of-domain region and decoded."""
+
+    method: Method = "slerp"  # slerp | lerp between two inverted latents, or gaussian (fitted to all of them)
+    alpha: float = 0.5  # interpolation weight of the second latent (paper: mid-path ~0.5 trades quality vs diversity)
+    eta: float = 0.0  # DDIM stochasticity while decoding; a small eta > 0 is tolerated (paper's "bandwidth")
+    seed: int = 0  # seeds pair choice, Gaussian draws and eta noise
+    per_dim_variance: bool = False  # gaussian: per-dimension variance instead of one scalar variance
+    geometric_filter: bool = False  # keep only draws whose distances/angles to the inverted set match its geometry
+    filter_tolerance: float = 0.05  # relative tolerance of the geometric filter
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
+        if self.eta < 0:
+            raise ValueError(f"eta={self.eta} must be >= 0")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where the model runs."""
+
+    device: str = "auto"  # auto (cuda, then mps, then cpu), or a torch device string
+    dtype: str = "float32"  # float32 | bfloat16 | float16 for the UNet; schedule math stays float64

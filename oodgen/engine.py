@@ -1,0 +1,174 @@
+"""The paper's pipeline on whole datasets: batched inversion, denoising, reconstruction, generation.
+
+Glue between :mod:`oodgen.models` (the frozen net), :mod:`oodgen.ddim` (the math) and
+:mod:`oodgen.sampling` (new latents). Tensors in, tensors out, on CPU; the model's device is used
+inside. Long loops report ``progress(done, total)`` in image-steps (one image through one DDIM
+step) and stop with :class:`oodgen.ddim.Cancelled` when ``cancel()`` returns True.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import ddim
+from .config import DDIMSettings, GenerationSettings
+from .models import FrozenDDPM
+from .sampling import Draw, sample_latents
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): image-steps done so far and in all."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _run_batched(
+    fn: Callable[[torch.Tensor, int, Callable[[dict], None]], torch.Tensor],
+    x: torch.Tensor,
+    model: FrozenDDPM,
+    batch_size: int,
+    steps: int,
+    progress: Optional[Progress],
+) -> torch.Tensor:
+    """Apply ``fn(batch_on_device, start, step_callback)`` over ``x`` [N, ...] in batches; results on CPU.
+
+    On out-of-memory the batch size is halved and the batch retried (down to 1).
+    """
+    n = x.shape[0]
+    total = n * steps
+    done = 0
+    out: list[torch.Tensor] = []
+    start = 0
+    bs = max(1, batch_size)
+    while start < n:
+        b = min(bs, n - start)
+        batch = x[start : start + b].to(model.device, torch.float32, non_blocking=True)
+        base = done
+
+        def step_cb(info: dict, b: int = b, base: int = base) -> None:
+            if progress is not None:
+                progress(base + info["i"] * b, total)
+
+        try:
+            y = fn(batch, start, step_cb)
+        except Exception as e:
+            if not _is_oom(e) or bs == 1:
+                raise
+            bs = max(1, b // 2)
+            log.warning("out of memory at batch size %d; retrying with %d", b, bs)
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        out.append(y.to("cpu", torch.float32))
+        done = base + b * steps
+        start += b
+    return torch.cat(out) if out else x.new_zeros((0, *x.shape[1:]))
+
+
+def invert(
+    model: FrozenDDPM,
+    x0: torch.Tensor,
+    settings: DDIMSettings = DDIMSettings(),
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> torch.Tensor:
+    """DDIM-invert images ``x0`` [N, C, H, W] in [-1, 1] to latents x_{t_end} [N, C, H, W] (CPU float32)."""
+    _check_shape(model, x0)
+
+    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
+        return ddim.invert(model.eps, batch, model.alphas_cumprod, settings.t_end, settings.steps, callback=cb, cancel=cancel)
+
+    return _run_batched(fn, x0, model, settings.batch_size, settings.steps, progress)
+
+
+def denoise(
+    model: FrozenDDPM,
+    z: torch.Tensor,
+    settings: DDIMSettings = DDIMSettings(),
+    eta: float = 0.0,
+    seed: int = 0,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> torch.Tensor:
+    """DDIM-denoise latents ``z`` [N, C, H, W] at ``settings.t_end`` to images [N, C, H, W] (about [-1, 1], CPU).
+
+    With eta > 0 the noise of each batch comes from a generator seeded by (seed, first index of the batch).
+    """
+    _check_shape(model, z)
+
+    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
+        gen = None
+        if eta > 0:
+            gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + start)
+        return ddim.denoise(model.eps, batch, model.alphas_cumprod, settings.t_end, settings.steps, eta=eta, generator=gen, callback=cb, cancel=cancel)
+
+    return _run_batched(fn, z, model, settings.batch_size, settings.steps, progress)
+
+
+def _check_shape(model: FrozenDDPM, x: torch.Tensor) -> None:
+    want = (model.channels, model.resolution, model.resolution)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"expected a batch [N, {want[0]}, {want[1]}, {want[2]}] for {model.name}, got {tuple(x.shape)}")
+
+
+@dataclass
+class Reconstruction:
+    """Result of inversion followed by denoising."""
+
+    latents: torch.Tensor  # [N, C, H, W] at t_end
+    images: torch.Tensor  # reconstructions [N, C, H, W] clipped to [-1, 1]
+    mae: torch.Tensor  # [N] mean absolute error per image on the [0, 1] pixel scale
+
+    def summary(self) -> dict:
+        return {"n": int(self.mae.numel()), "mae": float(self.mae.mean()), "mae_std": float(self.mae.std()) if self.mae.numel() > 1 else 0.0}
+
+
+def reconstruct(
+    model: FrozenDDPM,
+    x0: torch.Tensor,
+    settings: DDIMSettings = DDIMSettings(),
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Reconstruction:
+    """Invert ``x0`` [N, C, H, W] to t_end and denoise back (eta = 0); MAE on the [0, 1] scale (paper Table 2)."""
+    n = x0.shape[0]
+    total = 2 * n * settings.steps
+
+    def half(offset: int) -> Optional[Progress]:
+        return None if progress is None else (lambda d, _t: progress(offset + d, total))
+
+    z = invert(model, x0, settings, half(0), cancel)
+    rec = denoise(model, z, settings, 0.0, 0, half(n * settings.steps), cancel).clamp(-1, 1)
+    mae = ((rec - x0.float()).abs() / 2).flatten(1).mean(1)
+    return Reconstruction(z, rec, mae)
+
+
+@dataclass
+class Generated:
+    """New samples."""
+
+    images: torch.Tensor  # [n, C, H, W] in [-1, 1]
+    latents: torch.Tensor  # [n, C, H, W] the sampled latents at t_end
+    draws: list[Draw]  # provenance of each latent
+
+
+def generate(
+    model: FrozenDDPM,
+    latents: torch.Tensor,
+    n: int,
+    ddim_settings: DDIMSettings = DDIMSettings(),
+    settings: GenerationSettings = GenerationSettings(),
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> Generated:
+    """n new images in [-1, 1] from the OOD region of ``latents`` [N, C, H, W], with their latents and provenance."""
+    z, draws = sample_latents(latents, n, settings)
+    images = denoise(model, z, ddim_settings, settings.eta, settings.seed, progress, cancel)
+    return Generated(images.clamp(-1, 1), z, draws)

@@ -1,0 +1,257 @@
+"""Loading frozen DDPMs: diffusers folders (pipeline or flat layout), hub ids, ADM checkpoints.
+
+A loaded model is a :class:`FrozenDDPM`: the UNet (eval mode, no gradients), its noise schedule
+alpha_bar_t in float64 recomputed from the scheduler config, and a noise predictor ``eps(x, t)``
+that hides the model's quirks (learned-sigma outputs, v- or x0-prediction, reduced precision).
+
+Layouts understood for a folder (local, or a hub snapshot):
+    pipeline  ``model_index.json``, ``unet/config.json`` + weights, ``scheduler/scheduler_config.json``
+    flat      ``config.json`` (UNet2DModel) + weights and ``scheduler_config.json`` side by side
+              (the layout of ``google/ddpm-ema-church-256`` and its siblings)
+A file ``*.pt`` / ``*.pth`` / ``*.ckpt`` (or a single ``*.safetensors``) is an ADM / improved-DDPM
+checkpoint and needs ``model_config`` (a preset name of :mod:`oodgen.adm`, or its arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .schedule import alphas_cumprod_from_config
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = REPO_ROOT / "assets"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model registry."""
+
+    key: str  # name accepted by --model and shown in the app
+    source: str  # local folder (bundled) or Hugging Face hub repo id
+    resolution: int  # image side in pixels
+    description: str  # one line for pickers and --help
+    bundled: bool = False  # ships with oodgen (works offline)
+
+
+DEFAULT_MODEL = "oodgen-faces-32"
+REGISTRY: dict[str, ModelSpec] = {
+    s.key: s
+    for s in (
+        ModelSpec(DEFAULT_MODEL, str(ASSETS / "models" / DEFAULT_MODEL), 32,
+                  "bundled 32x32 DDPM trained by oodgen on LFW face crops (offline, CPU-friendly)", bundled=True),
+        ModelSpec("google/ddpm-ema-church-256", "google/ddpm-ema-church-256", 256, "DDPM, LSUN church 256x256 (Ho et al.), 114M params"),
+        ModelSpec("google/ddpm-ema-celebahq-256", "google/ddpm-ema-celebahq-256", 256, "DDPM, CelebA-HQ faces 256x256, 114M params"),
+        ModelSpec("google/ddpm-ema-bedroom-256", "google/ddpm-ema-bedroom-256", 256, "DDPM, LSUN bedroom 256x256, 114M params"),
+    )
+}
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ModelLoadError(f"unknown device {device!r} ({e}); use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+    return dev
+
+
+@dataclass
+class FrozenDDPM:
+    """A frozen noise predictor with its schedule. ``eps`` is the only way the engine calls the net."""
+
+    unet: torch.nn.Module  # diffusers UNet2DModel, eval mode, requires_grad False
+    alphas_cumprod: np.ndarray  # alpha_bar_t, [T] float64
+    name: str  # registry key, hub id or path
+    resolution: int  # image side in pixels
+    channels: int  # image channels (3 for RGB)
+    device: torch.device  # where the UNet lives
+    dtype: torch.dtype  # UNet compute dtype; inputs and outputs of eps stay float32
+    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample, from the scheduler config
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.unet.parameters())
+
+    @torch.no_grad()
+    def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Predicted noise eps_theta(x_t, t) [B, C, H, W] float32 for x [B, C, H, W] float32 on ``device``."""
+        tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        out = self.unet(x.to(self.dtype), tt).sample.float()
+        if out.shape[1] == 2 * self.channels:  # learned sigma (improved DDPM / ADM): eps is the first half
+            out = out[:, : self.channels]
+        if self.prediction_type == "epsilon":
+            return out
+        a = float(self.alphas_cumprod[t])
+        if self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x0  =>  eps = sqrt(a) v + sqrt(1-a) x
+            return out * a**0.5 + x * (1 - a) ** 0.5
+        if self.prediction_type == "sample":  # x0 prediction
+            return (x - out * a**0.5) / (1 - a) ** 0.5
+        raise ModelLoadError(f"prediction_type {self.prediction_type!r} is not supported")
+
+    def info(self) -> dict[str, Any]:
+        """Plain facts for the UI and metadata."""
+        return {
+            "name": self.name,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "parameters": self.num_parameters,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "num_train_timesteps": self.num_train_timesteps,
+            "prediction_type": self.prediction_type,
+        }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+
+
+def find_layout(folder: Path) -> tuple[str, Path, Path]:
+    """(layout, unet folder, scheduler config file) of a diffusers model folder."""
+    if (folder / "unet" / "config.json").is_file():
+        sched = folder / "scheduler" / "scheduler_config.json"
+        return "pipeline", folder / "unet", sched
+    if (folder / "config.json").is_file():
+        return "flat", folder, folder / "scheduler_config.json"
+    raise ModelLoadError(
+        f"{folder} is not a diffusers model folder: expected unet/config.json (DDPMPipeline layout) "
+        f"or config.json + scheduler_config.json (flat layout)"
+    )
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """Local folder of a hub model (from the cache when offline). Raises ModelLoadError with the fix."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(
+            repo_id,
+            allow_patterns=["*.json", "*.safetensors", "*.bin", "unet/*", "scheduler/*"],
+            ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ckpt", "images/*"],
+        )
+    except Exception as e:  # offline, DNS failure, 404, gated repo...: one clear message
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ModelLoadError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({cause}). If this machine has no network, "
+            f"download it elsewhere with `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here "
+            f"and pass it as --model DIR (or put it in the hub cache, HF_HOME)"
+        ) from None
+    return Path(path)
+
+
+def _load_diffusers_folder(folder: Path) -> tuple[torch.nn.Module, dict]:
+    from diffusers import UNet2DModel
+
+    layout, unet_dir, sched_file = find_layout(folder)
+    cfg = _read_json(unet_dir / "config.json")
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ModelLoadError(f"{unet_dir} holds a {cfg.get('_class_name')}; oodgen needs an unconditional UNet2DModel (pixel-space DDPM)")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the UNet from {unet_dir}: {e}") from None
+    if sched_file.is_file():
+        sched_cfg = _read_json(sched_file)
+    else:
+        log.warning("%s has no scheduler config; assuming DDPM linear betas 1e-4..0.02 over 1000 steps", folder)
+        sched_cfg = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    log.info("loaded %s layout from %s", layout, folder)
+    return unet, sched_cfg
+
+
+def _load_checkpoint(path: Path, model_config: Any) -> tuple[torch.nn.Module, dict]:
+    if model_config is None:
+        from . import adm
+
+        raise ModelLoadError(
+            f"{path.name} is a raw checkpoint: say which architecture it is with --model-config "
+            f"(one of {', '.join(adm.PRESETS)}, or a JSON file of the ADM constructor arguments)"
+        )
+    from . import adm
+
+    unet = adm.load_adm_checkpoint(path, model_config)
+    sched_cfg = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    return unet, sched_cfg
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "float32",
+    model_config: Any = None,
+) -> FrozenDDPM:
+    """Load a frozen DDPM by registry key, local folder, checkpoint file or hub id.
+
+    ``model_config`` is only for raw ADM checkpoints (preset name, dict or JSON file path).
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    dev = resolve_device(device)
+    spec = REGISTRY.get(model)
+    source = spec.source if spec else model
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        unet, sched_cfg = _load_checkpoint(path, model_config)
+    elif path.is_dir():
+        unet, sched_cfg = _load_diffusers_folder(path)
+    elif spec is not None and spec.bundled:
+        raise ModelLoadError(f"the bundled model folder {path} is missing; run `python scripts/train_default_model.py` to rebuild it")
+    elif path.suffix in CHECKPOINT_SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelLoadError(f"no model at {source!r}: give a registry name ({', '.join(REGISTRY)}), a diffusers folder, a checkpoint file or a hub id")
+    else:
+        unet, sched_cfg = _load_diffusers_folder(_hub_snapshot(source))
+
+    try:
+        alphas_cumprod = alphas_cumprod_from_config(sched_cfg)
+    except ValueError as e:
+        raise ModelLoadError(f"{model}: {e}") from None
+    prediction_type = sched_cfg.get("prediction_type", "epsilon")
+    if sched_cfg.get("clip_sample"):
+        log.info("%s: scheduler config has clip_sample=true; oodgen never clips (exact inversion needs it off)", model)
+
+    unet.eval().requires_grad_(False)
+    torch_dtype = DTYPES[dtype]
+    unet.to(device=dev, dtype=torch_dtype)
+    cfg = unet.config
+    sample_size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    return FrozenDDPM(
+        unet=unet,
+        alphas_cumprod=alphas_cumprod,
+        name=model,
+        resolution=int(sample_size),
+        channels=int(cfg.in_channels),
+        device=dev,
+        dtype=torch_dtype,
+        prediction_type=prediction_type,
+    )

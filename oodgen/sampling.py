@@ -1,0 +1,185 @@
+"""New latents in the out-of-domain region: interpolation, a fitted Gaussian, a geometric filter.
+
+All functions take latents as tensors of any shape [N, ...] (flattened internally to [N, d]) and
+are seeded through an explicit ``torch.Generator`` or integer seed.
+
+- ``lerp(a, b, alpha)``  = (1 - alpha) a + alpha b
+- ``slerp(a, b, alpha)`` as in the authors' code: the direction moves along the great circle
+  between a/|a| and b/|b|, the norm is interpolated linearly, (1 - alpha)|a| + alpha|b|.
+  For equal norms this is the classic slerp; it keeps samples on the thin Gaussian annulus,
+  which lerp leaves (lerp at alpha = 0.5 shrinks the norm by about 1/sqrt(2)).
+- ``GaussianFit``: per-dimension mean, one scalar variance (default) or per-dimension variances
+  (maximum likelihood, paper Lemma D.4).
+- ``geometric_filter``: the authors' acceptance test: keep a candidate only when its mean distance
+  and mean origin angle to the inverted set match those within the set, within a tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .config import GenerationSettings
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Linear interpolation between latents of equal shape (any shape)."""
+    return a + (b - a) * alpha
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-7) -> torch.Tensor:
+    """Spherical interpolation of direction with a linearly interpolated norm.
+
+    ``a``, ``b``: [..., C, H, W] or [N, C, H, W] batches (the angle is per leading item when
+    ``a.ndim == 4``, else over the whole tensor). Returns the same shape.
+    """
+    batched = a.ndim == 4
+    fa, fb = (_flat(a), _flat(b)) if batched else (a.reshape(1, -1), b.reshape(1, -1))
+    na, nb = fa.norm(dim=1, keepdim=True), fb.norm(dim=1, keepdim=True)
+    ua, ub = fa / na.clamp_min(eps), fb / nb.clamp_min(eps)
+    cos = (ua * ub).sum(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    small = sin.abs() < 1e-6  # (anti)parallel directions: fall back to lerp of the directions
+    safe_sin = torch.where(small, torch.ones_like(sin), sin)
+    w_a = torch.where(small, torch.full_like(sin, 1 - alpha), torch.sin((1 - alpha) * theta) / safe_sin)
+    w_b = torch.where(small, torch.full_like(sin, alpha), torch.sin(alpha * theta) / safe_sin)
+    direction = w_a * ua + w_b * ub
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(eps)
+    out = direction * ((1 - alpha) * na + alpha * nb)
+    return out.reshape(a.shape)
+
+
+def interpolate(a: torch.Tensor, b: torch.Tensor, alpha: float, method: str = "slerp") -> torch.Tensor:
+    """``lerp`` or ``slerp`` by name."""
+    if method == "lerp":
+        return lerp(a, b, alpha)
+    if method == "slerp":
+        return slerp(a, b, alpha)
+    raise ValueError(f"interpolation method {method!r} is not lerp or slerp")
+
+
+def interpolation_strip(a: torch.Tensor, b: torch.Tensor, k: int, method: str = "slerp") -> torch.Tensor:
+    """k latents from ``a`` to ``b`` (both [C, H, W]) at alpha = linspace(0, 1, k): [k, C, H, W]."""
+    if k < 2:
+        raise ValueError(f"an interpolation strip needs k >= 2 points, got {k}")
+    return torch.stack([interpolate(a, b, float(al), method) for al in torch.linspace(0, 1, k)])
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """Maximum-likelihood Gaussian of a latent set: per-dimension mean, scalar or per-dimension variance."""
+
+    mean: torch.Tensor  # [C, H, W]
+    var: torch.Tensor  # [] (scalar) or [C, H, W]
+
+    @classmethod
+    def fit(cls, latents: torch.Tensor, per_dim: bool = False) -> "GaussianFit":
+        """Fit to ``latents`` [N, C, H, W] (N >= 2)."""
+        if latents.shape[0] < 2:
+            raise ValueError("fitting a Gaussian needs at least 2 latents")
+        x = latents.double()
+        mean = x.mean(0)
+        var = x.var(0, unbiased=True) if per_dim else ((x - mean) ** 2).sum(0).mean() / (x.shape[0] - 1)
+        return cls(mean.float(), var.float())
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n draws [n, C, H, W]."""
+        z = torch.randn((n, *self.mean.shape), generator=generator)
+        return self.mean + z * self.var.sqrt()
+
+
+def _set_geometry(latents: torch.Tensor) -> tuple[float, float]:
+    """(mean pairwise distance, mean origin angle in radians) of a set [N, ...] via its Gram matrix."""
+    x = _flat(latents).double()
+    g = x @ x.T
+    sq = g.diagonal()
+    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+    cos = g / (sq.sqrt()[:, None] * sq.sqrt()[None, :])
+    iu = torch.triu_indices(len(x), len(x), 1)
+    return float(d2[iu[0], iu[1]].sqrt().mean()), float(torch.arccos(cos[iu[0], iu[1]].clamp(-1, 1)).mean())
+
+
+def geometric_filter(
+    candidates: torch.Tensor, reference: torch.Tensor, tolerance: float = 0.05, n_ref: int = 16, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Boolean mask [M] of candidates [M, ...] whose geometry matches the reference set [N, ...].
+
+    A candidate passes when its mean distance to ``n_ref`` random reference latents is within
+    ``tolerance`` (relative) of the set's mean pair distance, and its mean origin angle to them is
+    within ``tolerance`` (relative) of the set's mean origin angle.
+    """
+    if reference.shape[0] < 3:
+        raise ValueError("the geometric filter needs at least 3 reference latents")
+    dist_ref, ang_ref = _set_geometry(reference)
+    idx = torch.randperm(reference.shape[0], generator=generator)[: min(n_ref, reference.shape[0])]
+    r = _flat(reference[idx]).double()
+    c = _flat(candidates).double()
+    dist = torch.cdist(c, r).mean(1)
+    cos = (c @ r.T) / (c.norm(dim=1, keepdim=True) * r.norm(dim=1)[None, :])
+    ang = torch.arccos(cos.clamp(-1, 1)).mean(1)
+    return ((dist - dist_ref).abs() <= tolerance * dist_ref) & ((ang - ang_ref).abs() <= tolerance * ang_ref)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Provenance of one new latent."""
+
+    method: str  # slerp | lerp | gaussian
+    i: int = -1  # first source latent (interpolation), -1 for gaussian
+    j: int = -1  # second source latent
+    alpha: float = math.nan  # interpolation weight
+
+
+def random_pairs(n_latents: int, n: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """n random ordered pairs (i, j), i != j, from range(n_latents)."""
+    if n_latents < 2:
+        raise ValueError("interpolation needs at least 2 inverted latents")
+    i = torch.randint(0, n_latents, (n,), generator=generator)
+    j = (i + torch.randint(1, n_latents, (n,), generator=generator)) % n_latents
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, max_tries: int = 50) -> tuple[torch.Tensor, list[Draw]]:
+    """n new latents [n, C, H, W] drawn from the OOD region spanned by ``latents`` [N, C, H, W].
+
+    Interpolation picks seeded random pairs at ``settings.alpha``; ``gaussian`` draws from the
+    fitted Gaussian. With ``settings.geometric_filter``, candidates are drawn in rounds until n
+    pass (at most ``max_tries`` rounds, else ValueError saying how many passed).
+    """
+    g = torch.Generator().manual_seed(settings.seed)
+    fit = GaussianFit.fit(latents, settings.per_dim_variance) if settings.method == "gaussian" else None
+    kept: list[torch.Tensor] = []
+    draws: list[Draw] = []
+    for _ in range(max_tries if settings.geometric_filter else 1):
+        m = n - len(draws)
+        if fit is not None:
+            cand = fit.sample(m, g)
+            cand_draws = [Draw("gaussian")] * m
+        else:
+            pairs = random_pairs(latents.shape[0], m, g)
+            ii = torch.tensor([p[0] for p in pairs])
+            jj = torch.tensor([p[1] for p in pairs])
+            cand = interpolate(latents[ii], latents[jj], settings.alpha, settings.method)
+            cand_draws = [Draw(settings.method, i, j, settings.alpha) for i, j in pairs]
+        if settings.geometric_filter:
+            mask = geometric_filter(cand, latents, settings.filter_tolerance, generator=g)
+            cand = cand[mask]
+            cand_draws = [d for d, ok in zip(cand_draws, mask.tolist()) if ok]
+        kept.append(cand)
+        draws.extend(cand_draws)
+        if len(draws) >= n:
+            break
+    if len(draws) < n:
+        raise ValueError(
+            f"the geometric filter accepted only {len(draws)} of the {n} latents asked for after {max_tries} rounds; "
+            f"raise filter_tolerance (now {settings.filter_tolerance}) or switch the filter off"
+        )
+    return torch.cat(kept)[:n], draws[:n]

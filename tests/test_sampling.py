@@ -1,0 +1,112 @@
+"""Interpolation, Gaussian fit and the geometric filter."""
+
+import math
+
+import pytest
+import torch
+
+from oodgen.config import GenerationSettings
+from oodgen.sampling import GaussianFit, geometric_filter, interpolation_strip, lerp, random_pairs, sample_latents, slerp
+
+
+def test_lerp_endpoints_and_midpoint():
+    a, b = torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    assert torch.equal(lerp(a, b, 0.0), a)
+    assert torch.allclose(lerp(a, b, 1.0), b)
+    assert torch.allclose(lerp(a, b, 0.5), (a + b) / 2)
+
+
+def test_slerp_on_orthogonal_unit_vectors_is_the_great_circle():
+    a = torch.zeros(1, 2, 1, 1)
+    a[0, 0] = 1
+    b = torch.zeros(1, 2, 1, 1)
+    b[0, 1] = 1
+    mid = slerp(a, b, 0.5).flatten()
+    assert torch.allclose(mid, torch.tensor([math.sqrt(0.5), math.sqrt(0.5)]), atol=1e-6)
+    third = slerp(a, b, 1 / 3).flatten()
+    assert torch.allclose(third, torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]), atol=1e-6)
+
+
+def test_slerp_keeps_gaussian_norm_where_lerp_shrinks_it():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g)
+    d = 3 * 32 * 32
+    ns = slerp(a, b, 0.5).flatten(1).norm(dim=1) / math.sqrt(d)
+    nl = lerp(a, b, 0.5).flatten(1).norm(dim=1) / math.sqrt(d)
+    assert torch.allclose(ns, torch.ones(8), atol=0.05)
+    assert torch.allclose(nl, torch.full((8,), math.sqrt(0.5)), atol=0.05)
+    # endpoints
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+
+
+def test_slerp_norm_interpolates_linearly():
+    a = torch.randn(1, 3, 4, 4)
+    b = 3 * torch.randn(1, 3, 4, 4)
+    out = slerp(a, b, 0.25)
+    assert out.norm().item() == pytest.approx(0.75 * a.norm().item() + 0.25 * b.norm().item(), rel=1e-5)
+
+
+def test_strip_shape_and_ends():
+    a, b = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    s = interpolation_strip(a, b, 5, "lerp")
+    assert s.shape == (5, 3, 8, 8)
+    assert torch.allclose(s[0], a) and torch.allclose(s[-1], b)
+    with pytest.raises(ValueError, match="k >= 2"):
+        interpolation_strip(a, b, 1)
+
+
+def test_gaussian_fit_recovers_mean_and_variance():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 8, 8, generator=g)
+    x = mu + 2.0 * torch.randn(4000, 3, 8, 8, generator=g)
+    fit = GaussianFit.fit(x)
+    assert fit.var.ndim == 0 and fit.var.item() == pytest.approx(4.0, rel=0.02)
+    assert (fit.mean - mu).abs().max() < 0.15
+    per_dim = GaussianFit.fit(x, per_dim=True)
+    assert per_dim.var.shape == (3, 8, 8)
+    draws = fit.sample(2000, torch.Generator().manual_seed(1))
+    assert (draws - fit.mean).std().item() == pytest.approx(2.0, rel=0.05)
+
+
+def test_random_pairs_never_pair_an_item_with_itself():
+    pairs = random_pairs(5, 500, torch.Generator().manual_seed(0))
+    assert all(i != j and 0 <= i < 5 and 0 <= j < 5 for i, j in pairs)
+    with pytest.raises(ValueError, match="at least 2"):
+        random_pairs(1, 3, torch.Generator())
+
+
+def test_sample_latents_is_seeded_and_records_provenance():
+    x = torch.randn(10, 3, 8, 8)
+    s = GenerationSettings(method="slerp", alpha=0.3, seed=7)
+    z1, d1 = sample_latents(x, 6, s)
+    z2, d2 = sample_latents(x, 6, s)
+    assert torch.equal(z1, z2) and d1 == d2
+    k = d1[0]
+    assert torch.allclose(z1[0], slerp(x[k.i], x[k.j], 0.3), atol=1e-5)
+    z3, _ = sample_latents(x, 6, GenerationSettings(method="slerp", alpha=0.3, seed=8))
+    assert not torch.equal(z1, z3)
+
+
+def test_geometric_filter_accepts_in_distribution_and_rejects_outliers():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(64, 3, 16, 16, generator=g)
+    good = torch.randn(20, 3, 16, 16, generator=g)
+    bad = 0.3 * torch.randn(20, 3, 16, 16, generator=g)  # far too close to the centre
+    assert geometric_filter(good, ref, 0.05, generator=g).float().mean() > 0.9
+    assert geometric_filter(bad, ref, 0.05, generator=g).sum() == 0
+    z, draws = sample_latents(ref, 8, GenerationSettings(method="gaussian", geometric_filter=True, seed=1))
+    assert z.shape == (8, 3, 16, 16) and all(d.method == "gaussian" for d in draws)
+
+
+def test_filter_that_rejects_everything_says_how_to_fix_it():
+    ref = torch.randn(16, 3, 8, 8)
+    with pytest.raises(ValueError, match="raise filter_tolerance"):
+        sample_latents(ref, 4, GenerationSettings(method="lerp", alpha=0.5, geometric_filter=True, filter_tolerance=1e-4), max_tries=2)
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="alpha"):
+        GenerationSettings(alpha=1.5)
+    with pytest.raises(ValueError, match="method"):
+        GenerationSettings(method="cubic")
