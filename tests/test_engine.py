@@ -1,0 +1,113 @@
+"""Batched inversion/denoising, reconstruction MAE, generation and out-of-memory back-off."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from oodgen import ddim, engine
+from oodgen.config import DDIMSettings, GenerationSettings
+from oodgen.models import FrozenDDPM, load_model
+from oodgen.schedule import linear_alphas_cumprod
+
+
+class Linear(torch.nn.Module):
+    """eps = 0.3 x + 0.01 t/1000: cheap, deterministic, batch-independent."""
+
+    def __init__(self, max_batch: int | None = None) -> None:
+        super().__init__()
+        self.max_batch = max_batch
+        self.calls: list[int] = []
+
+    def forward(self, x, t):
+        self.calls.append(x.shape[0])
+        if self.max_batch is not None and x.shape[0] > self.max_batch:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return SimpleNamespace(sample=0.3 * x + 0.01 * t.view(-1, 1, 1, 1).float() / 1000)
+
+
+def model(unet=None) -> FrozenDDPM:
+    return FrozenDDPM(unet or Linear(), linear_alphas_cumprod(), "linear", 8, 3, torch.device("cpu"), torch.float32)
+
+
+X = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_batched_inversion_equals_one_batch():
+    m = model()
+    s1 = DDIMSettings(t_end=900, steps=12, batch_size=3)
+    s2 = DDIMSettings(t_end=900, steps=12, batch_size=64)
+    a, b = engine.invert(m, X, s1), engine.invert(m, X, s2)
+    assert torch.allclose(a, b, atol=1e-6)
+    direct = ddim.invert(m.eps, X, m.alphas_cumprod, 900, 12)
+    assert torch.allclose(a, direct, atol=1e-6)
+
+
+def test_progress_counts_image_steps_to_the_total():
+    seen = []
+    engine.invert(model(), X, DDIMSettings(t_end=500, steps=4, batch_size=4), progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (40, 40)
+    assert all(b[0] > a[0] for a, b in zip(seen, seen[1:]))
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result():
+    unet = Linear(max_batch=2)
+    got = engine.invert(model(unet), X, DDIMSettings(t_end=900, steps=5, batch_size=8))
+    want = engine.invert(model(), X, DDIMSettings(t_end=900, steps=5, batch_size=8))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert max(unet.calls[-5:]) <= 2
+
+
+def test_non_memory_errors_propagate():
+    class Broken(torch.nn.Module):
+        def forward(self, x, t):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        engine.invert(model(Broken()), X, DDIMSettings(t_end=900, steps=2))
+
+
+def test_wrong_input_shape_is_explained():
+    with pytest.raises(ValueError, match=r"expected a batch \[N, 3, 8, 8\]"):
+        engine.invert(model(), torch.zeros(2, 3, 16, 16), DDIMSettings(t_end=900, steps=2))
+
+
+def test_reconstruct_reports_mae_on_unit_scale():
+    m = model()
+    s = DDIMSettings(t_end=300, steps=10)
+    rec = engine.reconstruct(m, X, s)
+    z = engine.invert(m, X, s)
+    back = engine.denoise(m, z, s).clamp(-1, 1)
+    want = ((back - X).abs() / 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(rec.mae, want, atol=1e-7)
+    assert rec.summary()["n"] == 10 and 0 <= rec.summary()["mae"] < 1
+
+
+def test_generate_is_seeded_and_eta_changes_it():
+    m = model()
+    z = torch.randn(6, 3, 8, 8)
+    s = DDIMSettings(t_end=900, steps=5)
+    a = engine.generate(m, z, 4, s, GenerationSettings(seed=3))
+    b = engine.generate(m, z, 4, s, GenerationSettings(seed=3))
+    c = engine.generate(m, z, 4, s, GenerationSettings(seed=3, eta=0.5))
+    assert torch.equal(a.images, b.images) and a.images.shape == (4, 3, 8, 8)
+    assert a.images.abs().max() <= 1
+    assert not torch.equal(a.images, c.images)
+    assert len(a.draws) == 4 and a.latents.shape == (4, 3, 8, 8)
+
+
+def test_cancel_stops_the_job():
+    with pytest.raises(ddim.Cancelled):
+        engine.invert(model(), X, DDIMSettings(t_end=900, steps=5), cancel=lambda: True)
+
+
+def test_bundled_model_reconstructs_faces_well():
+    from tests.conftest import SAMPLES, require_bundled_model
+
+    require_bundled_model()
+    from oodgen.data import load_paths, to_model_input
+
+    m = load_model(device="cpu")
+    x, _ = to_model_input(load_paths([SAMPLES / "faces"]).samples, m.resolution, m.channels)
+    rec = engine.reconstruct(m, x, DDIMSettings())
+    assert rec.summary()["mae"] < 0.05
