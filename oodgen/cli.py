@@ -67,24 +67,32 @@ def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
 def _load_model(args: argparse.Namespace, model: Optional[str] = None):
     from .models import load_model
 
-    cfg = args.model_config
-    if cfg and Path(cfg).is_file():
-        cfg = json.loads(Path(cfg).read_text())
-    return load_model(model or args.model, device=args.device, dtype=args.dtype, model_config=cfg)
+    return load_model(model or args.model, device=args.device, dtype=args.dtype, model_config=args.model_config)
 
 
-def _load_inputs(paths: Sequence[str], model) -> tuple:
-    """(x [N, C, H, W] in [-1, 1], stretch, samples) for the model; skipped files reported on stderr."""
-    from .data import load_paths, to_model_input
+def _read_inputs(paths: Sequence[str]) -> list:
+    """Samples from files/folders/zips; skipped files reported on stderr, CLIError when none is usable."""
+    from .data import load_paths
 
     report = load_paths(paths)
     for name, msg in report.errors:
         print(f"oodgen: skipped {name}: {msg}", file=sys.stderr)
+    if report.ignored:
+        log.info("ignored non-data files: %s", ", ".join(report.ignored))
     if not report.samples:
         raise CLIError(f"no usable images in {', '.join(map(str, paths))}" + (f" ({len(report.errors)} skipped, see above)" if report.errors else ""))
-    x, stretch = to_model_input(report.samples, model.resolution, model.channels)
     log.info("loaded %d samples (%s) from %s", len(report.samples), report.samples[0].kind, ", ".join(map(str, paths)))
-    return x, stretch, report.samples
+    return report.samples
+
+
+def _load_data_and_model(args: argparse.Namespace) -> tuple:
+    """(model, x [N, C, H, W] in [-1, 1], stretch or None, samples): data first, so bad input fails fast."""
+    from .data import to_model_input
+
+    samples = _read_inputs(args.input)
+    model = _load_model(args)
+    x, stretch = to_model_input(samples, model.resolution, model.channels)
+    return model, x, stretch, samples
 
 
 # ---------------------------------------------------------------- commands
@@ -101,8 +109,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .latents import save_latents
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
-    model = _load_model(args)
-    x, stretch, samples = _load_inputs(args.input, model)
+    model, x, stretch, samples = _load_data_and_model(args)
     update, close = _progress_bar("invert", args.quiet)
     try:
         z = engine.invert(model, x, settings, progress=update)
@@ -126,8 +133,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from . import engine
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
-    model = _load_model(args)
-    x, _, samples = _load_inputs(args.input, model)
+    model, x, _, samples = _load_data_and_model(args)
     update, close = _progress_bar("reconstruct", args.quiet)
     try:
         rec = engine.reconstruct(model, x, settings, progress=update)

@@ -170,7 +170,7 @@ def _hub_snapshot(repo_id: str) -> Path:
     return Path(path)
 
 
-def _load_diffusers_folder(folder: Path) -> tuple[torch.nn.Module, dict]:
+def _load_diffusers_folder(folder: Path, torch_dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
     from diffusers import UNet2DModel
 
     layout, unet_dir, sched_file = find_layout(folder)
@@ -178,7 +178,7 @@ def _load_diffusers_folder(folder: Path) -> tuple[torch.nn.Module, dict]:
     if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise ModelLoadError(f"{unet_dir} holds a {cfg.get('_class_name')}; oodgen needs an unconditional UNet2DModel (pixel-space DDPM)")
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir)
+        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=False)
     except Exception as e:
         raise ModelLoadError(f"cannot load the UNet from {unet_dir}: {e}") from None
     if sched_file.is_file():
@@ -191,16 +191,18 @@ def _load_diffusers_folder(folder: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def _load_checkpoint(path: Path, model_config: Any) -> tuple[torch.nn.Module, dict]:
-    if model_config is None:
-        from . import adm
+    from . import adm
 
+    if model_config is None:
         raise ModelLoadError(
             f"{path.name} is a raw checkpoint: say which architecture it is with --model-config "
             f"(one of {', '.join(adm.PRESETS)}, or a JSON file of the ADM constructor arguments)"
         )
-    from . import adm
-
-    unet = adm.load_adm_checkpoint(path, model_config)
+    try:
+        unet = adm.load_adm_checkpoint(path, model_config)
+    except (adm.ADMConversionError, ValueError, OSError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load the ADM checkpoint {path}: {e}") from None
+    # ADM / improved-DDPM checkpoints of this family use the DDPM linear schedule
     sched_cfg = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
     return unet, sched_cfg
 
@@ -218,19 +220,20 @@ def load_model(
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
+    torch_dtype = DTYPES[dtype]
     spec = REGISTRY.get(model)
     source = spec.source if spec else model
     path = Path(source).expanduser()
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         unet, sched_cfg = _load_checkpoint(path, model_config)
     elif path.is_dir():
-        unet, sched_cfg = _load_diffusers_folder(path)
+        unet, sched_cfg = _load_diffusers_folder(path, torch_dtype)
     elif spec is not None and spec.bundled:
         raise ModelLoadError(f"the bundled model folder {path} is missing; run `python scripts/train_default_model.py` to rebuild it")
     elif path.suffix in CHECKPOINT_SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"no model at {source!r}: give a registry name ({', '.join(REGISTRY)}), a diffusers folder, a checkpoint file or a hub id")
     else:
-        unet, sched_cfg = _load_diffusers_folder(_hub_snapshot(source))
+        unet, sched_cfg = _load_diffusers_folder(_hub_snapshot(source), torch_dtype)
 
     try:
         alphas_cumprod = alphas_cumprod_from_config(sched_cfg)
@@ -241,7 +244,6 @@ def load_model(
         log.info("%s: scheduler config has clip_sample=true; oodgen never clips (exact inversion needs it off)", model)
 
     unet.eval().requires_grad_(False)
-    torch_dtype = DTYPES[dtype]
     unet.to(device=dev, dtype=torch_dtype)
     cfg = unet.config
     sample_size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]

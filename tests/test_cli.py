@@ -1,0 +1,94 @@
+"""The command line, in process (fast) and as ``python -m oodgen`` (exit codes)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oodgen.cli import main
+from oodgen.latents import load_latents
+from tests.conftest import REPO, SAMPLES
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(d / f"im{k}.png")
+    return d
+
+
+def test_invert_then_generate_images(tiny_pipeline_dir, pngs, tmp_path, capsys):
+    out = tmp_path / "z.safetensors"
+    assert main(["-q", "invert", "--input", str(pngs), "--out", str(out), "--model", str(tiny_pipeline_dir), "--t-end", "800", "--steps", "8", "--batch-size", "2"]) == 0
+    z, meta = load_latents(out)
+    assert z.shape == (5, 3, 8, 8)
+    assert meta["t_end"] == 800 and meta["steps"] == 8 and meta["kind"] == "image" and meta["stretch"] is None
+    assert [s["name"] for s in meta["sources"]] == [f"imgs/im{k}.png" for k in range(5)] or len(meta["sources"]) == 5
+    assert all(len(s["sha256"]) == 64 for s in meta["sources"])
+    gen = tmp_path / "gen"
+    assert main(["-q", "generate", "--latents", str(out), "--n", "3", "--out", str(gen), "--method", "lerp", "--alpha", "0.3", "--seed", "4"]) == 0
+    pngs_out = sorted(gen.glob("*.png"))
+    assert len(pngs_out) == 3 and not list(gen.glob("*.npy"))
+    manifest = json.loads((gen / "generated.json").read_text())
+    assert manifest["ddim"]["t_end"] == 800 and manifest["generation"]["alpha"] == 0.3
+    assert Image.open(pngs_out[0]).size == (8, 8)
+
+
+def test_generate_physical_writes_npy_in_physical_units(tiny_pipeline_dir, tmp_path):
+    src = tmp_path / "maps"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(4):  # 3 bands, ascending wavelength, very different levels
+        m = np.stack([rng.gamma(2, 0.5, (16, 16)), rng.gamma(2, 10, (16, 16)), rng.gamma(2, 100, (16, 16))]).astype(np.float32)
+        np.save(src / f"m{k}.npy", m)
+    z = tmp_path / "z.safetensors"
+    assert main(["-q", "invert", "--input", str(src), "--out", str(z), "--model", str(tiny_pipeline_dir), "--steps", "4"]) == 0
+    meta = load_latents(z)[1]
+    assert meta["kind"] == "physical" and meta["stretch"] is not None
+    gen = tmp_path / "gen"
+    assert main(["-q", "generate", "--latents", str(z), "--n", "2", "--out", str(gen)]) == 0
+    arr = np.load(gen / "gen_0000.npy")
+    assert arr.shape == (3, 8, 8) and arr.dtype == np.float32
+    # band order and scale come back: the 3rd band (250 um-like) is the brightest
+    assert np.median(arr[2]) > np.median(arr[1]) > np.median(arr[0])
+
+
+def test_reconstruct_json(tiny_pipeline_dir, pngs, capsys):
+    assert main(["-q", "reconstruct", "--input", str(pngs), "--model", str(tiny_pipeline_dir), "--steps", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 5 and 0 <= result["mae"] <= 1 and len(result["per_image"]) == 5
+
+
+def test_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code = main(["-q", "invert", "--input", str(bad), "--out", str(tmp_path / "z.safetensors"), "--model", str(tiny_pipeline_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.png" in err and "oodgen: error: no usable images" in err
+    assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_generate_with_inconsistent_t_end_is_refused(tiny_pipeline_dir, pngs, tmp_path, capsys):
+    z = tmp_path / "z.safetensors"
+    main(["-q", "invert", "--input", str(pngs), "--out", str(z), "--model", str(tiny_pipeline_dir), "--steps", "4"])
+    assert main(["-q", "generate", "--latents", str(z), "--n", "1", "--out", str(tmp_path / "g"), "--t-end", "500"]) == 2
+    assert "latents live at t=900" in capsys.readouterr().err
+
+
+def test_module_entry_point_help_and_exit_code():
+    env_cmd = [sys.executable, "-m", "oodgen"]
+    r = subprocess.run([*env_cmd, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "invert" in r.stdout and "generate" in r.stdout and "reconstruct" in r.stdout
+    for cmd in ("invert", "reconstruct", "generate"):
+        r = subprocess.run([*env_cmd, cmd, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "--model" in r.stdout
+    r = subprocess.run([*env_cmd, "generate", "--latents", "missing.safetensors", "--n", "2", "--out", "x"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("oodgen: error: missing.safetensors: no such latent file")
