@@ -52,6 +52,32 @@ def timesteps(t_end: int, steps: int, num_train_timesteps: int = 1000) -> list[i
     return grid
 
 
+def grid_through(t_values: Sequence[int], steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """A DDIM grid from 0 that passes exactly through every timestep in ``t_values``.
+
+    About ``steps`` steps up to ``max(t_values)``, spread over the segments between consecutive
+    requested timesteps in proportion to their length (at least one step each). Used by the t sweep,
+    so one inversion pass yields the latents at every requested t.
+    """
+    ts = sorted(set(int(t) for t in t_values))
+    if not ts or ts[0] < 1 or ts[-1] > num_train_timesteps - 1:
+        raise ValueError(f"timesteps {t_values} must lie in 1..{num_train_timesteps - 1}")
+    grid = [0]
+    for lo, hi in zip([0] + ts[:-1], ts):
+        n = min(hi - lo, max(1, round(steps * (hi - lo) / ts[-1])))
+        grid += np.round(np.linspace(lo, hi, n + 1)[1:]).astype(int).tolist()
+    return grid
+
+
+def _grid(t_end: int, steps: int, n_train: int, grid: Optional[Sequence[int]]) -> list[int]:
+    if grid is None:
+        return timesteps(t_end, steps, n_train)
+    g = [int(t) for t in grid]
+    if g[0] != 0 or any(b <= a for a, b in zip(g, g[1:])) or g[-1] > n_train - 1:
+        raise ValueError("an explicit DDIM grid must start at 0 and increase strictly within the schedule")
+    return g
+
+
 def ddim_sigma(a_t: float, a_next: float, eta: float) -> float:
     """Standard DDIM sigma for a step from alpha_bar ``a_t`` to ``a_next`` (float64 math)."""
     if eta == 0.0:
@@ -99,12 +125,16 @@ def invert(
     steps: int,
     callback: Optional[Callback] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    grid: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """DDIM-invert images ``x0`` [B, C, H, W] in [-1, 1] to latents x_{t_end} [B, C, H, W].
 
     Deterministic (eta = 0); ``steps`` model evaluations, eps taken at the lower timestep.
+    An explicit increasing ``grid`` (from 0) replaces ``t_end``/``steps``; the callback sees every
+    intermediate state, so snapshots at grid points come for free.
     """
-    grid = timesteps(t_end, steps, len(alphas_cumprod))
+    grid = _grid(t_end, steps, len(alphas_cumprod), grid)
+    steps = len(grid) - 1
     x = x0
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         _check(cancel)
@@ -126,22 +156,26 @@ def denoise(
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callback] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    grid: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """DDIM-denoise latents ``x_t`` [B, C, H, W] at ``t_end`` back to images [B, C, H, W] (about [-1, 1]).
 
     ``eta`` = 0 is deterministic; eta > 0 draws noise from ``generator`` (seeded by the caller).
+    An explicit increasing ``grid`` (from 0) replaces ``t_end``/``steps`` and is walked downwards.
     """
     if eta < 0:
         raise ValueError(f"eta={eta} must be >= 0")
-    grid = timesteps(t_end, steps, len(alphas_cumprod))
+    grid = _grid(t_end, steps, len(alphas_cumprod), grid)
+    steps = len(grid) - 1
     x = x_t
     pairs = list(zip(grid[1:], grid[:-1]))[::-1]
     for i, (t, t_prev) in enumerate(pairs):
         _check(cancel)
         eps = eps_fn(x, t)
         noise = None
-        if eta > 0:
-            noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+        if eta > 0:  # drawn where the generator lives (CPU by default) so results match across devices
+            gen_device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(x.device, x.dtype)
         x = ddim_step(x, eps, _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev), eta=eta, noise=noise)
         if callback is not None:
             callback({"i": i + 1, "n": steps, "t": t_prev, "x": x})

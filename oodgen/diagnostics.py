@@ -111,10 +111,10 @@ def as_matrix(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        a = np.asarray(x)
-        if a.dtype != np.float32:
-            a = a.astype(np.float32)
-        t = torch.from_numpy(a)
+        a = np.ascontiguousarray(x, dtype=np.float32)  # no copy for C-contiguous float32
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only arrays (memmaps): nothing here writes to them
+            t = torch.from_numpy(a)
     if t.dim() < 2:
         raise ValueError(f"expected a set of samples [N, ...], got shape {tuple(t.shape)}")
     if t.dtype != torch.float32:
@@ -848,6 +848,7 @@ class DiagnosticsReport:
             "id_source": self.id_source, "seed": self.seed,
             **{k: v for k, v in go.to_json().items() if k not in ("d", "n")},
             "id": {k: v for k, v in gi.to_json().items() if k not in ("d", "n")},
+            "ood": {k: v for k, v in go.to_json().items() if k not in ("d", "n")},  # same as the top level
             "center_distance": sep["center_distance"], "center_distance_ratio": sep["ratio"],
             "separable_by_criterion": sep["separable"],
             "noise_floor": sep["noise_floor"], "exceeds_noise_floor": sep["exceeds_noise_floor"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -110,6 +110,82 @@ def denoise(
         return ddim.denoise(model.eps, batch, model.alphas_cumprod, settings.t_end, settings.steps, eta=eta, generator=gen, callback=cb, cancel=cancel)
 
     return _run_batched(fn, z, model, settings.batch_size, settings.steps, progress)
+
+
+def invert_snapshots(
+    model: FrozenDDPM,
+    x0: torch.Tensor,
+    t_values: Sequence[int],
+    steps: int = 50,
+    batch_size: int = 32,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> dict[int, torch.Tensor]:
+    """Latents of ``x0`` [N, C, H, W] at every t in ``t_values`` from ONE inversion pass.
+
+    The DDIM grid passes exactly through each requested t (:func:`oodgen.ddim.grid_through`), so each
+    snapshot is a true DDIM inversion to that t. Returns {t: [N, C, H, W]} on CPU.
+    """
+    _check_shape(model, x0)
+    grid = ddim.grid_through(t_values, steps, model.num_train_timesteps)
+    wanted = set(int(t) for t in t_values)
+    parts: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
+
+    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
+        snaps: dict[int, torch.Tensor] = {}
+
+        def record(info: dict) -> None:
+            if info["t"] in wanted:
+                snaps[info["t"]] = info["x"].to("cpu", torch.float32)
+            cb(info)
+
+        ddim.invert(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
+        for t in wanted:
+            parts[t].append(snaps[t])
+        return batch[:, :0]  # nothing to concatenate: snapshots are collected above
+
+    _run_batched(fn, x0, model, batch_size, len(grid) - 1, progress)
+    return {t: torch.cat(p) for t, p in parts.items()}
+
+
+def prior_latents(
+    model: FrozenDDPM,
+    n: int,
+    t_values: Sequence[int],
+    steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+) -> dict[int, torch.Tensor]:
+    """The model's own prior as an in-domain reference at each t in ``t_values``: {t: [n, C, H, W]}.
+
+    x_T ~ N(0, I) at T = num_train_timesteps - 1; for t < T the prior samples are pushed down to t
+    along the model's deterministic DDIM trajectory (one pass through a grid hitting every t).
+    """
+    T = model.num_train_timesteps - 1
+    z = torch.randn((n, model.channels, model.resolution, model.resolution), generator=torch.Generator().manual_seed(seed))
+    out = {T: z} if T in t_values else {}
+    lower = sorted(int(t) for t in t_values if int(t) < T)
+    if not lower:
+        return out
+    full = ddim.grid_through(lower + [T], steps, model.num_train_timesteps)
+    grid = [0] + [g for g in full if g >= lower[0]]  # walk down to the lowest requested t, then one last step
+    wanted = set(lower)
+    parts: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
+
+    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
+        def record(info: dict) -> None:
+            if info["t"] in wanted:
+                parts[info["t"]].append(info["x"].to("cpu", torch.float32))
+            cb(info)
+
+        ddim.denoise(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
+        return batch[:, :0]
+
+    _run_batched(fn, z, model, batch_size, len(grid) - 1, progress)
+    out.update({t: torch.cat(p) for t, p in parts.items()})
+    return out
 
 
 def _check_shape(model: FrozenDDPM, x: torch.Tensor) -> None:

@@ -107,3 +107,25 @@ def test_schedule_is_float64_linear():
     assert AB.dtype == np.float64
     assert betas[0] == pytest.approx(1e-4 + (0.02 - 1e-4) / 999, rel=1e-9)
     assert AB[0] == pytest.approx(1 - 1e-4)
+
+
+def test_grid_through_hits_every_requested_t():
+    g = ddim.grid_through([200, 900, 500, 999], 50)
+    assert g[0] == 0 and g[-1] == 999 and {200, 500, 900, 999} <= set(g)
+    assert all(b > a for a, b in zip(g, g[1:]))
+    assert 45 <= len(g) - 1 <= 56
+
+
+def test_snapshots_on_a_custom_grid_equal_direct_inversions(images):
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    x = ddim.q_sample(images, noise, float(AB[0]))
+    eps_fn = oracle(images)
+    grid = ddim.grid_through([300, 800], 20)
+    seen = {}
+    ddim.invert(eps_fn, x, AB, 0, 0, grid=grid, callback=lambda info: seen.__setitem__(info["t"], info["x"]))
+    for t in (300, 800):
+        assert torch.allclose(seen[t], ddim.q_sample(images, noise, float(AB[t])), atol=5e-5)
+    back = ddim.denoise(eps_fn, seen[800], AB, 0, 0, grid=[g for g in grid if g <= 800])
+    assert (back - x).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="start at 0"):
+        ddim.invert(eps_fn, x, AB, 0, 0, grid=[5, 10])

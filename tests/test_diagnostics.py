@@ -87,6 +87,28 @@ def test_geometry_gaussian_d196608(big_gauss):
     assert g.origin_angle_deg.std < 0.2  # concentrates like 1/sqrt(d)
 
 
+def test_geometry_matches_brute_force():
+    x = (gauss(25, 40, 40, shift=0.7) * torch.linspace(0.5, 2.0, 40)).double().numpy()  # offset, anisotropic
+    g = D.geometry(x)
+    assert g.triplets_exhaustive and g.n_triplets == 25 * 24 * 23 // 2
+    i, j = np.triu_indices(25, 1)
+    dist = np.linalg.norm(x[i] - x[j], axis=1)
+    nrm = np.linalg.norm(x, axis=1)
+    origin = np.degrees(np.arccos(np.sum(x[i] * x[j], 1) / (nrm[i] * nrm[j])))
+    pair = []
+    for k in range(25):
+        for a, b in zip(i, j):
+            if k not in (a, b):
+                u, v = x[a] - x[k], x[b] - x[k]
+                pair.append(np.degrees(np.arccos(u @ v / np.linalg.norm(u) / np.linalg.norm(v))))
+    for st, ref in ((g.pair_distance, dist), (g.norm, nrm), (g.origin_angle_deg, origin), (g.pair_angle_deg, pair)):
+        assert st.mean == pytest.approx(np.mean(ref), rel=1e-5)
+        assert st.std == pytest.approx(np.std(ref, ddof=1), rel=1e-4)
+    assert g.scale == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-6)
+    assert g.mean_norm == pytest.approx(np.linalg.norm(x.mean(0)), rel=1e-5)
+    assert g.centered_scale == pytest.approx(np.sqrt(x.var(0, ddof=1).mean()), rel=1e-5)
+
+
 def test_exact_and_sampled_geometry_agree():
     x = gauss(400, 3072, 1)
     e = D.geometry(x, max_exact=2048)

@@ -111,3 +111,23 @@ def test_bundled_model_reconstructs_faces_well():
     x, _ = to_model_input(load_paths([SAMPLES / "faces"]).samples, m.resolution, m.channels)
     rec = engine.reconstruct(m, x, DDIMSettings())
     assert rec.summary()["mae"] < 0.05
+
+
+def test_snapshots_match_separate_inversions_at_each_t():
+    m = model()
+    snaps = engine.invert_snapshots(m, X, [300, 900], steps=12, batch_size=4)
+    grid = ddim.grid_through([300, 900], 12)
+    for t in (300, 900):
+        direct = ddim.invert(m.eps, X, m.alphas_cumprod, 0, 0, grid=[g for g in grid if g <= t])
+        assert torch.allclose(snaps[t], direct, atol=1e-6)
+
+
+def test_prior_latents_are_standard_gaussian_at_T_and_pushed_down_below():
+    m = model()
+    prior = engine.prior_latents(m, 6, [999, 500], steps=10, seed=1)
+    assert prior[999].shape == (6, 3, 8, 8)
+    assert torch.equal(prior[999], torch.randn((6, 3, 8, 8), generator=torch.Generator().manual_seed(1)))
+    grid = [0] + [g for g in ddim.grid_through([500, 999], 10) if g >= 500]
+    seen = {}
+    ddim.denoise(m.eps, prior[999], m.alphas_cumprod, 0, 0, grid=grid, callback=lambda i: seen.__setitem__(i["t"], i["x"]))
+    assert torch.allclose(prior[500], seen[500], atol=1e-6)
