@@ -26,6 +26,8 @@ SAMPLE_SETS: dict[str, SampleSet] = {
         SampleSet("radiation", ASSETS / "samples" / "radiation", "out-of-domain",
                   "64 dust-emission maps, 4.5/24/250 micron in MJy/sr (turbulent lognormal clouds, bubbles, young stars)"),
         SampleSet("faces", ASSETS / "samples" / "faces", "in-domain",
-                  "12 held-out LFW face crops: the bundled model's own domain (ID reference)"),
+                  "12 held-out LFW face crops: the bundled model's own domain, never trained on"),
+        SampleSet("faces_train", ASSETS / "samples" / "faces_train", "in-domain",
+                  "88 LFW face crops the bundled model was trained on (in-domain reference)"),
     )
 }

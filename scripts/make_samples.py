@@ -16,8 +16,8 @@ It writes three folders:
     in, young stars heating the dust, a stellar point-source background, per-band beams and noise.
     ``manifest.json`` lists the bands and each map's parameters; ``preview.png`` shows 16 of them
     as RGB = (250, 24, 4.5) micron.
-``faces/``
-    The 12 LFW faces held out from training of the bundled model (32x32 RGB PNGs).
+``faces/``, ``faces_train/``
+    The 12 LFW faces held out from training of the bundled model, and its 88 training faces (32x32 RGB PNGs).
 
 Every random item is generated from its own integer seed (recorded in labels.csv / manifest.json),
 derived from ``--seed``, so any single item can be regenerated with ``render_galaxy`` / ``dust_map``.
@@ -544,16 +544,23 @@ def make_radiation(out: Path, seed: int, n_maps: int) -> None:
     log.info("radiation: %d maps", n_maps)
 
 
-def make_faces(out: Path) -> None:
+def _save_faces(out: Path, faces: np.ndarray, stem: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for k, face in enumerate(faces, 1):
+        grey = (np.clip(face, 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(out / f"{stem}_{k:02d}.png")
+
+
+def make_faces(out: Path, out_train: Path) -> None:
+    """The bundled model's in-domain sets: its 12 held-out faces, and its 88 training faces."""
     from asset_sources import N_HELD_OUT, train_and_held_out_faces
 
-    out.mkdir(parents=True, exist_ok=True)
-    _, held_out = train_and_held_out_faces()
-    for k, face in enumerate(held_out, 1):
-        grey = (np.clip(face, 0, 1) * 255).round().astype(np.uint8)
-        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(out / f"lfw_heldout_{k:02d}.png")
+    train, held_out = train_and_held_out_faces()
+    _save_faces(out, held_out, "lfw_heldout")
     (out / "README.md").write_text(FACES_README.format(n=N_HELD_OUT))
-    log.info("faces: %d held-out faces", len(held_out))
+    _save_faces(out_train, train, "lfw_train")
+    (out_train / "README.md").write_text(FACES_TRAIN_README.format(n=len(train)))
+    log.info("faces: %d held-out and %d training faces", len(held_out), len(train))
 
 
 GALAXY_README = """\
@@ -644,6 +651,16 @@ Made by `scripts/make_samples.py`.
 """
 
 
+FACES_TRAIN_README = """\
+# In-domain face samples (training set)
+
+The {n} faces the bundled model `assets/models/oodgen-faces-32` was trained on: the first {n} face
+crops of scikit-image's `lfw_subset`, resized to 32x32 (bicubic), grey replicated to RGB. With
+`faces/` (held out) they give 100 in-domain images, the ID reference of the diagnostics.
+Made by `scripts/make_samples.py`.
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("assets/samples"))
@@ -656,7 +673,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     make_galaxies(args.out / "galaxy", args.seed, args.per_class, args.n_hdf)
     make_radiation(args.out / "radiation", args.seed, args.n_dust)
-    make_faces(args.out / "faces")
+    make_faces(args.out / "faces", args.out / "faces_train")
     log.info("done in %.1f s -> %s", time.time() - t0, args.out)
 
 

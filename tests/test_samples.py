@@ -190,6 +190,18 @@ def test_faces_are_the_held_out_ones():
         assert not any(np.array_equal(face, t) for t in train_u8)
 
 
+def test_training_faces_are_shipped_as_in_domain_reference():
+    pytest.importorskip("skimage")
+    _scripts_on_path()
+    from asset_sources import train_and_held_out_faces
+
+    train, _ = train_and_held_out_faces()
+    paths = sorted((SAMPLES / "faces_train").glob("lfw_train_*.png"))
+    assert len(paths) == len(train) == 88
+    shipped = np.stack([np.asarray(Image.open(p))[..., 0] for p in paths])
+    np.testing.assert_array_equal(shipped, (np.clip(train, 0, 1) * 255).round().astype(np.uint8))
+
+
 def test_samples_folder_small():
     total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
     assert total < 5 * 1024 * 1024, total
