@@ -195,6 +195,130 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: list[dict], file=None) -> None:
+    """Rows of equal keys as an aligned text table (stdout by default)."""
+    if not rows:
+        return
+    file = file or sys.stdout
+    keys = list(rows[0])
+    widths = [max(len(str(k)), *(len(str(r[k])) for r in rows)) for k in keys]
+    print("  ".join(str(k).ljust(w) for k, w in zip(keys, widths)), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)), file=file)
+
+
+def _stage_bar(quiet: bool) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """progress(stage, done, total) with one tqdm bar per stage."""
+    bars: dict[str, tuple] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = _progress_bar(stage, quiet)
+        bars[stage][0](done, total)
+
+    def close() -> None:
+        for _, c in bars.values():
+            c()
+
+    return update, close
+
+
+def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures: Optional[dict] = None) -> None:
+    from .latents import atomic_write
+
+    if args.json:
+        text = json.dumps(payload, indent=2, allow_nan=False)
+        atomic_write(Path(args.json), lambda tmp: tmp.write_text(text))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.html:
+        from . import diagnostics
+
+        if report is not None:
+            diagnostics.write_html_report(report, args.html, extra_figures=figures or {})
+        else:
+            _write_figures_html(Path(args.html), payload, figures or {})
+        print(f"wrote {args.html}", file=sys.stderr)
+
+
+def _write_figures_html(path: Path, payload: dict, figures: dict) -> None:
+    """A self-contained HTML page of plotly figures and a JSON block (plotly JS inlined once)."""
+    import html
+
+    from .latents import atomic_write
+
+    parts = [f"<h2>{html.escape(name)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=(k == 0)) for k, (name, fig) in enumerate(figures.items())]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>oodgen</title></head><body>"
+            + "".join(parts) + "<h2>Numbers</h2><pre>" + html.escape(json.dumps(payload, indent=2)) + "</pre></body></html>")
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from . import diagnostics, engine
+    from .latents import load_latents
+
+    z_ood, meta = load_latents(args.ood)
+    names_ood = [s["name"] for s in meta.get("sources") or []] or None
+    if args.id:
+        z_id, meta_id = load_latents(args.id)
+        if meta_id.get("t_end") != meta.get("t_end") or meta_id.get("model") != meta.get("model"):
+            print(f"oodgen: warning: ID latents (model {meta_id.get('model')}, t={meta_id.get('t_end')}) and OOD latents "
+                  f"(model {meta.get('model')}, t={meta.get('t_end')}) differ", file=sys.stderr)
+        names_id = [s["name"] for s in meta_id.get("sources") or []] or None
+        id_source = f"inverted in-domain images from {args.id} (n={len(z_id)})"
+    else:
+        t_end = int(meta.get("t_end", 999))
+        if t_end >= 999:
+            z_id = torch_randn_like_prior(args.id_prior, z_ood.shape[1:], args.seed)
+            id_source = f"model prior N(0, I) at t=999 (n={args.id_prior})"
+        else:
+            model = _load_model(args, args.model or meta.get("model"))
+            prior = engine.prior_latents(model, args.id_prior, [t_end], steps=int(meta.get("steps", 50)), seed=args.seed)
+            z_id = prior[t_end]
+            id_source = f"model prior N(0, I) at t={model.num_train_timesteps - 1} pushed to t={t_end} by DDIM (n={args.id_prior})"
+        names_id = None
+    bar, close = _stage_bar(args.quiet)
+    try:
+        report = diagnostics.diagnose(z_ood, z_id, id_source, names_ood=names_ood, names_id=names_id, seed=args.seed,
+                                      with_umap=not args.no_umap, progress=lambda stage, f: bar("diagnose", int(1000 * f), 1000))
+    finally:
+        close()
+    print(f"OOD: {args.ood} (n={report.n_ood}, model {meta.get('model')}, t={meta.get('t_end')}); ID: {id_source}; d={report.d}")
+    _print_table(diagnostics.table_rows(report))
+    payload = report.to_json()
+    payload["ood_file"], payload["t_end"], payload["model"] = str(args.ood), meta.get("t_end"), meta.get("model")
+    _write_outputs(args, payload, report)
+    return 0
+
+
+def torch_randn_like_prior(n: int, shape, seed: int):
+    import torch
+
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import diagnostics, sweep
+    from .data import to_model_input
+
+    ood_samples = _read_inputs(args.input)
+    id_samples = _read_inputs(args.id_input) if args.id_input else None
+    model = _load_model(args)
+    x_ood, _ = to_model_input(ood_samples, model.resolution, model.channels)
+    x_id = to_model_input(id_samples, model.resolution, model.channels)[0] if id_samples else None
+    bar, close = _stage_bar(args.quiet)
+    try:
+        rows, label = sweep.t_sweep(model, x_ood, args.t, x_id=x_id, n_prior=args.id_prior or 0, steps=args.steps,
+                                    batch_size=args.batch_size, seed=args.seed, progress=bar)
+    finally:
+        close()
+    print(f"t sweep of {len(ood_samples)} OOD samples with {model.name}; ID: {label}")
+    _print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    payload = {"model": model.name, "id_source": label, "steps": args.steps, "rows": rows}
+    _write_outputs(args, payload, figures={"t sweep": diagnostics.t_sweep_figure(rows)})
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -204,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # -v / -q also accepted after the command
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log details")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     s = sub.add_parser("models", help="list the known models")
     s.set_defaults(func=cmd_models)
@@ -238,6 +367,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ddim_args(s, from_file=True)
     s.set_defaults(func=cmd_generate)
 
+    s = sub.add_parser("diagnose", help="latent-space diagnostics of an OOD latent file against an ID reference (Table 3)")
+    s.add_argument("--ood", required=True, metavar="FILE", help="OOD latent file from `invert`")
+    grp = s.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--id", metavar="FILE", help="ID latent file (inverted in-domain images, same model and t)")
+    grp.add_argument("--id-prior", type=int, metavar="N", help="use N draws of the model's prior as the ID reference")
+    s.add_argument("--json", metavar="OUT", help="write all numbers as JSON")
+    s.add_argument("--html", metavar="OUT", help="write a self-contained HTML report (table and every plot)")
+    s.add_argument("--no-umap", action="store_true", help="skip UMAP (faster)")
+    s.add_argument("--seed", type=int, default=0, help="seed of splits, triplets, UMAP and prior draws")
+    _add_model_args(s, default_model=None)
+    s.set_defaults(func=cmd_diagnose)
+
+    from .sweep import DEFAULT_T_VALUES
+
+    s = sub.add_parser("sweep", help="separability and geometry across t_end (choose the operating latent space)")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="OOD images (files, folders, zips)")
+    grp = s.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--id-input", nargs="+", metavar="PATH", help="in-domain images (inverted alongside)")
+    grp.add_argument("--id-prior", type=int, metavar="N", help="N draws of the model's prior, pushed to each t")
+    s.add_argument("--t", type=int, nargs="+", default=list(DEFAULT_T_VALUES), help=f"timesteps (default: {' '.join(map(str, DEFAULT_T_VALUES))})")
+    s.add_argument("--steps", type=int, default=DDIMSettings().steps, help="DDIM steps up to the largest t")
+    s.add_argument("--batch-size", type=int, default=DDIMSettings().batch_size)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="OUT", help="write the rows as JSON")
+    s.add_argument("--html", metavar="OUT", help="write the sweep plot as self-contained HTML")
+    _add_model_args(s)
+    s.set_defaults(func=cmd_sweep)
     return p
 
 

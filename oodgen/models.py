@@ -244,7 +244,9 @@ def load_model(
         log.info("%s: scheduler config has clip_sample=true; oodgen never clips (exact inversion needs it off)", model)
 
     unet.eval().requires_grad_(False)
-    unet.to(device=dev, dtype=torch_dtype)
+    unet.to(dev)
+    if next(unet.parameters()).dtype != torch_dtype:
+        unet.to(torch_dtype)
     cfg = unet.config
     sample_size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     return FrozenDDPM(

@@ -92,3 +92,35 @@ def test_module_entry_point_help_and_exit_code():
     r = subprocess.run([*env_cmd, "generate", "--latents", "missing.safetensors", "--n", "2", "--out", "x"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("oodgen: error: missing.safetensors: no such latent file")
+
+
+def test_diagnose_json_has_the_documented_keys_and_html_is_offline(tiny_pipeline_dir, pngs, tmp_path, capsys):
+    z = tmp_path / "ood.safetensors"
+    main(["-q", "invert", "--input", str(pngs), str(SAMPLES / "galaxy"), "--out", str(z), "--model", str(tiny_pipeline_dir), "--steps", "4", "--t-end", "999"])
+    zid = tmp_path / "id.safetensors"
+    main(["-q", "invert", "--input", str(SAMPLES / "faces_train"), "--out", str(zid), "--model", str(tiny_pipeline_dir), "--steps", "4", "--t-end", "999"])
+    out_json, out_html = tmp_path / "d.json", tmp_path / "d.html"
+    assert main(["-q", "diagnose", "--ood", str(z), "--id", str(zid), "--json", str(out_json), "--html", str(out_html)]) == 0
+    printed = capsys.readouterr().out
+    assert "Origin angle" in printed and "Linear SVM test accuracy" in printed
+    j = json.loads(out_json.read_text())
+    for key in ("d", "d_quarter", "n_id", "n_ood", "center_distance", "separable_by_criterion", "svm_test_accuracy"):
+        assert key in j
+    for key in ("pair_angle_deg", "origin_angle_deg", "pair_distance"):
+        assert {"mean", "std"} <= set(j[key]) and {"mean", "std"} <= set(j["id"][key])
+    assert j["d"] == 3 * 8 * 8 and j["n_ood"] == 105 and j["n_id"] == 88
+    page = out_html.read_text()
+    assert "plotly" in page.lower() and "<script src=\"http" not in page
+    # prior reference at t = 999 needs no model
+    assert main(["-q", "diagnose", "--ood", str(z), "--id-prior", "40", "--no-umap", "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["id_source"].startswith("model prior")
+
+
+def test_sweep_rows_cover_each_t(tiny_pipeline_dir, pngs, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["-q", "sweep", "--input", str(SAMPLES / "radiation"), "--id-prior", "12", "--model", str(tiny_pipeline_dir),
+                 "--steps", "6", "--t", "400", "999", "--json", str(out), "--html", str(tmp_path / "s.html")]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["t_end"] for r in rows] == [400, 999]
+    assert all(0 <= r["svm_test_accuracy"] <= 1 for r in rows)
+    assert (tmp_path / "s.html").stat().st_size > 10000
