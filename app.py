@@ -81,25 +81,25 @@ def build() -> gr.Blocks:
                                    info="; ".join(f"{k}: {s.description}" for k, s in SAMPLE_SETS.items()))
                 uploads = gr.File(file_count="multiple", type="filepath", label="Or upload images, FITS, .npy/.npz or a zip")
             load_btn = gr.Button("Load data", variant="primary")
-            data_report = gr.Markdown()
-            preview = gr.Gallery(label="Preview", columns=10, height=360, elem_classes="pixelated")
+            data_report = gr.Markdown(elem_id="data_report")
+            preview = gr.Gallery(label="Preview", columns=10, height=360, elem_classes="pixelated", elem_id="preview")
         with gr.Tab("Invert"):
             with gr.Row():
-                t_end = gr.Slider(100, 999, value=DDIM.t_end, step=1, label="t_end (operating timestep)")
-                steps = gr.Slider(5, 200, value=DDIM.steps, step=1, label="DDIM steps")
-                batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size")
+                t_end = gr.Slider(100, 999, value=DDIM.t_end, step=1, label="t_end (operating timestep)", elem_id="t_end")
+                steps = gr.Slider(5, 200, value=DDIM.steps, step=1, label="DDIM steps", elem_id="steps")
+                batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size", elem_id="batch")
             invert_btn = gr.Button("Invert", variant="primary")
-            invert_status = gr.Markdown()
+            invert_status = gr.Markdown(elem_id="invert_status")
         with gr.Tab("Generate"):
             with gr.Row():
                 i = gr.Slider(0, 1, value=0, step=1, label="Sample i")
                 j = gr.Slider(0, 1, value=1, step=1, label="Sample j")
             with gr.Row():
-                alpha = gr.Slider(0, 1, value=GEN.alpha, step=0.05, label="alpha")
+                alpha = gr.Slider(0, 1, value=GEN.alpha, step=0.05, label="alpha", elem_id="alpha")
                 method = gr.Radio([m for m in METHODS if m != "gaussian"], value="slerp", label="Interpolation")
                 eta = gr.Slider(0, 1, value=GEN.eta, step=0.05, label="eta")
                 seed = gr.Number(value=GEN.seed, precision=0, label="Seed")
-            image = gr.Image(label="Decoded Interp(x_i, x_j)", height=256, elem_classes="pixelated")
+            image = gr.Image(label="Decoded Interp(x_i, x_j)", height=256, elem_classes="pixelated", elem_id="decoded")
             strip_btn = gr.Button("Interpolation strip i -> j")
             strip = gr.Gallery(label="Strip", columns=7, height=180, elem_classes="pixelated")
         with gr.Tab("Rate"):
@@ -112,9 +112,8 @@ def build() -> gr.Blocks:
         load_btn.click(on_load_data, [bundled, uploads], [preview, data_report, samples])
         invert_btn.click(on_invert, [model, samples, t_end, steps, batch], [inverted, invert_status, i, j])
         decode_inputs = [model, inverted, i, j, alpha, method, eta, seed]
-        for control in (alpha, i, j, eta):
-            control.release(on_decode, decode_inputs, image)
-        method.change(on_decode, decode_inputs, image)
+        for control in (alpha, i, j, eta, method):  # "always_last": a drag decodes its latest position
+            control.change(on_decode, decode_inputs, image)
         strip_btn.click(on_strip, [model, inverted, i, j, method], strip)
     return demo
 

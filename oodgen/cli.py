@@ -64,10 +64,24 @@ def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per model call (default: {d.batch_size})")
 
 
-def _load_model(args: argparse.Namespace, model: Optional[str] = None):
+def _load_model(args: argparse.Namespace, meta: Optional[dict] = None):
+    """The model named by --model, else the one recorded in a latent file's metadata."""
     from .models import load_model
 
-    return load_model(model or args.model, device=args.device, dtype=args.dtype, model_config=args.model_config)
+    if args.model is None and meta is not None:
+        if not meta.get("model"):
+            raise CLIError("the latent file does not record its model; pass --model")
+        return load_model(meta["model"], device=args.device, dtype=args.dtype, model_config=args.model_config or meta.get("model_config"))
+    return load_model(args.model, device=args.device, dtype=args.dtype, model_config=args.model_config)
+
+
+def _portable(name: Optional[str]) -> Optional[str]:
+    """Registry keys, presets and hub ids as given; existing local paths made absolute."""
+    from .models import REGISTRY
+
+    if name is None or name in REGISTRY or not Path(name).exists():
+        return name
+    return str(Path(name).resolve())
 
 
 def _read_inputs(paths: Sequence[str]) -> list:
@@ -116,8 +130,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     finally:
         close()
     meta = {
-        "model": model.name,
-        "model_config": args.model_config,
+        "model": _portable(model.name),
+        "model_config": _portable(args.model_config),
         "resolution": model.resolution,
         **settings.to_json(),
         "kind": samples[0].kind,
@@ -166,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=args.batch_size)
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter)
-    model = _load_model(args, args.model or meta.get("model"))
+    model = _load_model(args, meta)
     update, close = _progress_bar("generate", args.quiet)
     try:
         gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update)
@@ -272,7 +286,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             z_id = torch_randn_like_prior(args.id_prior, z_ood.shape[1:], args.seed)
             id_source = f"model prior N(0, I) at t=999 (n={args.id_prior})"
         else:
-            model = _load_model(args, args.model or meta.get("model"))
+            model = _load_model(args, meta)
             prior = engine.prior_latents(model, args.id_prior, [t_end], steps=int(meta.get("steps", 50)), seed=args.seed)
             z_id = prior[t_end]
             id_source = f"model prior N(0, I) at t={model.num_train_timesteps - 1} pushed to t={t_end} by DDIM (n={args.id_prior})"
@@ -316,6 +330,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     payload = {"model": model.name, "id_source": label, "steps": args.steps, "rows": rows}
     _write_outputs(args, payload, figures={"t sweep": diagnostics.t_sweep_figure(rows)})
+    return 0
+
+
+def cmd_convert_adm(args: argparse.Namespace) -> int:
+    from . import adm
+
+    try:
+        unet = adm.load_adm_checkpoint(args.checkpoint, args.model_config)
+    except (adm.ADMConversionError, OSError) as e:
+        raise CLIError(f"cannot convert {args.checkpoint}: {e}") from None
+    out = adm.save_as_diffusers(unet, args.out)
+    n = sum(p.numel() for p in unet.parameters())
+    print(f"wrote {out} ({n / 1e6:.1f}M parameters); use it with --model {out}", file=sys.stderr)
     return 0
 
 
@@ -378,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of splits, triplets, UMAP and prior draws")
     _add_model_args(s, default_model=None)
     s.set_defaults(func=cmd_diagnose)
+
+    s = sub.add_parser("convert-adm", help="convert an ADM / improved-DDPM checkpoint (.pt) into a diffusers folder")
+    s.add_argument("checkpoint", help="guided-diffusion checkpoint (.pt/.pth/.ckpt or .safetensors)")
+    s.add_argument("--model-config", required=True, help="preset (afhq-dog-256-p2, afhq-dog-256-ilvr) or JSON file of the ADM constructor arguments")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder (DDPMPipeline layout)")
+    s.set_defaults(func=cmd_convert_adm)
 
     from .sweep import DEFAULT_T_VALUES
 
