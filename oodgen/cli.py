@@ -11,7 +11,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator, Optional, Sequence
 
 from .config import METHODS, DDIMSettings, GenerationSettings
 
@@ -25,8 +26,9 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------- shared pieces
-def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """(progress(done, total) callback, close()) backed by a tqdm bar on stderr."""
+@contextmanager
+def _progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress(done, total) callback backed by a tqdm bar on stderr, closed on exit."""
     from tqdm.auto import tqdm
 
     bar = None
@@ -39,11 +41,11 @@ def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], C
             bar = tqdm(total=total, desc=desc, unit="img-step", file=sys.stderr, dynamic_ncols=True)
         bar.update(done - bar.n)
 
-    def close() -> None:
+    try:
+        yield update
+    finally:
         if bar is not None:
             bar.close()
-
-    return update, close
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str] = "DEFAULT") -> None:
@@ -124,11 +126,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
     model, x, stretch, samples = _load_data_and_model(args)
-    update, close = _progress_bar("invert", args.quiet)
-    try:
+    with _progress_bar("invert", args.quiet) as update:
         z = engine.invert(model, x, settings, progress=update)
-    finally:
-        close()
     meta = {
         "model": _portable(model.name),
         "model_config": _portable(args.model_config),
@@ -148,11 +147,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
     model, x, _, samples = _load_data_and_model(args)
-    update, close = _progress_bar("reconstruct", args.quiet)
-    try:
+    with _progress_bar("reconstruct", args.quiet) as update:
         rec = engine.reconstruct(model, x, settings, progress=update)
-    finally:
-        close()
     result = {**rec.summary(), "model": model.name, "t_end": settings.t_end, "steps": settings.steps,
               "per_image": {s.name: round(float(m), 6) for s, m in zip(samples, rec.mae)}}
     if args.json:
@@ -181,11 +177,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter)
     model = _load_model(args, meta)
-    update, close = _progress_bar("generate", args.quiet)
-    try:
+    with _progress_bar("generate", args.quiet) as update:
         gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update)
-    finally:
-        close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
@@ -222,20 +215,18 @@ def _print_table(rows: list[dict], file=None) -> None:
         print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)), file=file)
 
 
-def _stage_bar(quiet: bool) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+@contextmanager
+def _stage_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """progress(stage, done, total) with one tqdm bar per stage."""
-    bars: dict[str, tuple] = {}
+    with ExitStack() as stack:
+        bars: dict[str, Callable[[int, int], None]] = {}
 
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = _progress_bar(stage, quiet)
-        bars[stage][0](done, total)
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = stack.enter_context(_progress_bar(stage, quiet))
+            bars[stage](done, total)
 
-    def close() -> None:
-        for _, c in bars.values():
-            c()
-
-    return update, close
+        yield update
 
 
 def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures: Optional[dict] = None) -> None:
@@ -291,12 +282,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             z_id = prior[t_end]
             id_source = f"model prior N(0, I) at t={model.num_train_timesteps - 1} pushed to t={t_end} by DDIM (n={args.id_prior})"
         names_id = None
-    bar, close = _stage_bar(args.quiet)
-    try:
+    with _stage_bar(args.quiet) as bar:
         report = diagnostics.diagnose(z_ood, z_id, id_source, names_ood=names_ood, names_id=names_id, seed=args.seed,
                                       with_umap=not args.no_umap, progress=lambda stage, f: bar("diagnose", int(1000 * f), 1000))
-    finally:
-        close()
     print(f"OOD: {args.ood} (n={report.n_ood}, model {meta.get('model')}, t={meta.get('t_end')}); ID: {id_source}; d={report.d}")
     _print_table(diagnostics.table_rows(report))
     payload = report.to_json()
@@ -320,12 +308,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     model = _load_model(args)
     x_ood, _ = to_model_input(ood_samples, model.resolution, model.channels)
     x_id = to_model_input(id_samples, model.resolution, model.channels)[0] if id_samples else None
-    bar, close = _stage_bar(args.quiet)
-    try:
+    with _stage_bar(args.quiet) as bar:
         rows, label = sweep.t_sweep(model, x_ood, args.t, x_id=x_id, n_prior=args.id_prior or 0, steps=args.steps,
                                     batch_size=args.batch_size, seed=args.seed, progress=bar)
-    finally:
-        close()
     print(f"t sweep of {len(ood_samples)} OOD samples with {model.name}; ID: {label}")
     _print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     payload = {"model": model.name, "id_source": label, "steps": args.steps, "rows": rows}
