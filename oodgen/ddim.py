@@ -92,13 +92,21 @@ def ddim_step(
     a_next: float,
     eta: float = 0.0,
     noise: Optional[torch.Tensor] = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
-    """One DDIM update of ``x`` [B, C, H, W] from alpha_bar ``a_t`` to ``a_next`` given ``eps``."""
+    """One DDIM update of ``x`` [B, C, H, W] from alpha_bar ``a_t`` to ``a_next`` given ``eps``.
+
+    ``clip_x0`` clips x0_hat to [-1, 1] and re-derives eps from it (DDPM-style sampling from the
+    prior only: it breaks the exact invertibility that inversion relies on, so it is off by default).
+    """
     sigma = ddim_sigma(a_t, a_next, eta)
     c_x = 1.0 / math.sqrt(a_t)
     c_eps_in = math.sqrt(1.0 - a_t) / math.sqrt(a_t)
     c_eps_out = math.sqrt(max(0.0, 1.0 - a_next - sigma**2))
     x0_hat = x * c_x - eps * c_eps_in
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps = (x - x0_hat * math.sqrt(a_t)) / math.sqrt(1.0 - a_t)
     out = x0_hat * math.sqrt(a_next) + eps * c_eps_out
     if sigma > 0.0:
         if noise is None:
@@ -157,11 +165,13 @@ def denoise(
     callback: Optional[Callback] = None,
     cancel: Optional[Callable[[], bool]] = None,
     grid: Optional[Sequence[int]] = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM-denoise latents ``x_t`` [B, C, H, W] at ``t_end`` back to images [B, C, H, W] (about [-1, 1]).
 
     ``eta`` = 0 is deterministic; eta > 0 draws noise from ``generator`` (seeded by the caller).
     An explicit increasing ``grid`` (from 0) replaces ``t_end``/``steps`` and is walked downwards.
+    ``clip_x0`` (off by default) clips x0_hat at each step, as DDPM samplers do when sampling the prior.
     """
     if eta < 0:
         raise ValueError(f"eta={eta} must be >= 0")
@@ -176,7 +186,7 @@ def denoise(
         if eta > 0:  # drawn where the generator lives (CPU by default) so results match across devices
             gen_device = generator.device if generator is not None else x.device
             noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(x.device, x.dtype)
-        x = ddim_step(x, eps, _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev), eta=eta, noise=noise)
+        x = ddim_step(x, eps, _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev), eta=eta, noise=noise, clip_x0=clip_x0)
         if callback is not None:
             callback({"i": i + 1, "n": steps, "t": t_prev, "x": x})
     return x

@@ -83,8 +83,13 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("assets/models/oodgen-faces-32"))
+    p.add_argument("--card-only", action="store_true", help="only redraw the sample grids and the model card of a trained model")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.card_only:
+        train, _ = train_and_held_out_faces()
+        write_card(args.out, torch.from_numpy(train)[:, None].repeat(1, 3, 1, 1) * 2 - 1)
+        return
 
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -134,39 +139,50 @@ def main() -> None:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=False)
     ema.eval()
     DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(args.out, safe_serialization=True)
-
-    # the model's own unconditional samples: DDIM from N(0, I) at t = 999, 100 steps, eta = 0
-    g = torch.Generator().manual_seed(1234)
-    z = torch.randn(32, 3, 32, 32, generator=g)
-    eps_fn = lambda x, t: ema(x, torch.full((x.shape[0],), t)).sample  # noqa: E731
-    with torch.inference_mode():
-        samples = ddim.denoise(eps_fn, z, linear_alphas_cumprod(), t_end=999, steps=100)
-    save_grid(samples, args.out / "samples.png")
-    save_grid(data[:32], args.out / "training_data.png")
-
-    final_loss = float(np.mean(losses[-200:]))
     stats = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema, seed=args.seed,
-                 final_loss_avg200=round(final_loss, 5), minutes=round(minutes, 1), parameters=n_params,
+                 final_loss_avg200=round(float(np.mean(losses[-200:])), 5), minutes=round(minutes, 1), parameters=n_params,
                  torch=torch.__version__, threads=torch.get_num_threads())
     (args.out / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_card(args.out, data)
+
+
+def write_card(out: Path, data: torch.Tensor) -> None:
+    """Sample grids of the saved model and its model card (README.md), from ``training.json``."""
+    from diffusers import UNet2DModel
+
+    stats = json.loads((out / "training.json").read_text())
+    unet = UNet2DModel.from_pretrained(out / "unet").eval()
+    eps_fn = lambda x, t: unet(x, torch.full((x.shape[0],), t)).sample  # noqa: E731
+    z = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1234))
+    ab = linear_alphas_cumprod()
+    with torch.inference_mode():
+        ddpm_like = ddim.denoise(eps_fn, z, ab, t_end=999, steps=100, eta=1.0, generator=torch.Generator().manual_seed(0), clip_x0=True)
+        plain = ddim.denoise(eps_fn, z, ab, t_end=999, steps=100)
+    save_grid(ddpm_like, out / "samples.png")
+    save_grid(plain, out / "samples_ddim_eta0.png")
+    save_grid(data[:32], out / "training_data.png")
+    n_params = stats["parameters"]
     card = f"""# oodgen-faces-32: oodgen's bundled default DDPM
 
-A small unconditional DDPM (diffusers `UNet2DModel`, {n_params / 1e6:.2f}M parameters, 32x32 RGB) trained by
-`scripts/train_default_model.py` so that oodgen works offline. It is the *in-domain* model: its domain is
-grey face crops. Galaxies and dust maps are out of its domain, which is the point of the paper.
+A small unconditional DDPM (diffusers `UNet2DModel`, {n_params / 1e6:.2f}M parameters, {(out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size / 1e6:.1f} MB,
+32x32 RGB) trained by `scripts/train_default_model.py` so that oodgen works offline. It is the
+*in-domain* model: its domain is grey face crops. Galaxies and dust maps are out of its domain,
+which is the point of the paper.
 
 - **Data**: the 100 face crops of scikit-image's `lfw_subset` (Labeled Faces in the Wild, 25x25 grey),
-  resized to 32x32 (bicubic) and replicated to 3 channels; the first {100 - N_HELD_OUT} are the training set,
-  the last {N_HELD_OUT} are held out and shipped as `assets/samples/faces/` (in-domain samples).
+  resized to 32x32 (bicubic) and replicated to 3 channels; the first {100 - N_HELD_OUT} are the training set
+  (shipped as `assets/samples/faces_train/`), the last {N_HELD_OUT} are held out (`assets/samples/faces/`).
   Augmentation: horizontal flips, +-2 px shifts.
 - **Objective**: epsilon prediction, linear betas 1e-4 to 0.02 over 1000 steps (`scheduler/`, `clip_sample: false`).
-- **Training**: {args.steps} AdamW steps, batch {args.batch_size}, lr {args.lr} (200 warm-up steps, cosine to 10%),
-  gradient clipping 1.0, EMA {args.ema} (saved weights are the EMA), seed {args.seed};
-  {minutes:.1f} minutes on {torch.get_num_threads()} CPU threads (torch {torch.__version__}).
-- **Final loss** (mean of the last 200 steps): {final_loss:.4f}.
+- **Training**: {stats["steps"]} AdamW steps, batch {stats["batch_size"]}, lr {stats["lr"]} (200 warm-up steps, cosine to 10%),
+  gradient clipping 1.0, EMA {stats["ema"]} (saved weights are the EMA), seed {stats["seed"]};
+  {stats["minutes"]} minutes on {stats["threads"]} CPU threads (torch {stats["torch"]}), with other jobs sharing
+  the 2 cores (about 3 optimizer steps per second on an idle 2-core machine, so about 25 minutes).
+- **Final loss** (mean of the last 200 steps): {stats["final_loss_avg200"]:.4f}.
 
 ## Its own unconditional samples
-DDIM from N(0, I) at t = 999, 100 steps, eta = 0, seed 1234 (`samples.png`):
+From N(0, I) at t = 999, 100 steps, eta = 1 with x0 clipped to [-1, 1] at each step (the usual way to
+sample a DDPM's prior), noise seed 1234 (`samples.png`):
 
 ![samples](samples.png)
 
@@ -174,11 +190,19 @@ Training images for comparison (`training_data.png`):
 
 ![training data](training_data.png)
 
+The same start noise decoded by deterministic DDIM (eta = 0, no clipping: the decoder oodgen uses for
+inverted latents) is in `samples_ddim_eta0.png`. From pure noise at t = 999 this small model's
+deterministic, unclipped samples are unstable (over-saturated colours: the factor 1/sqrt(alpha_bar_999) = 158
+amplifies every error of the first noise predictions); the stochastic, clipped sampler corrects them.
+Inverted latents of real images do not start from that regime, which is why reconstruction and
+generation from inverted latents work well (see the main README). The slight colour casts of some
+samples come from the grey training data: the model never learned to remove colour from the noise.
+
 Reproduce: `python scripts/train_default_model.py` (seeded; results match up to floating-point
-non-determinism of multi-threaded CPU kernels).
+non-determinism of multi-threaded CPU kernels); `--card-only` redraws the grids and this card.
 """
-    (args.out / "README.md").write_text(card)
-    log.info("saved to %s (final loss %.4f, %.1f min)", args.out, final_loss, minutes)
+    (out / "README.md").write_text(card)
+    log.info("saved to %s (final loss %.4f, %s min)", out, stats["final_loss_avg200"], stats["minutes"])
 
 
 if __name__ == "__main__":

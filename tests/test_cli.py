@@ -124,3 +124,15 @@ def test_sweep_rows_cover_each_t(tiny_pipeline_dir, pngs, tmp_path, capsys):
     assert [r["t_end"] for r in rows] == [400, 999]
     assert all(0 <= r["svm_test_accuracy"] <= 1 for r in rows)
     assert (tmp_path / "s.html").stat().st_size > 10000
+
+
+@pytest.mark.parametrize("domain", ["galaxy", "radiation"])
+def test_bundled_model_reconstructs_bundled_ood_sets_within_paper_error(domain, capsys):
+    """Issue acceptance: `python -m oodgen reconstruct --input assets/samples/<domain> --json` prints mae <= 0.07."""
+    from tests.conftest import require_bundled_model
+
+    require_bundled_model()
+    assert main(["-q", "reconstruct", "--input", str(SAMPLES / domain), "--json", "--batch-size", "128"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == {"galaxy": 100, "radiation": 64}[domain]
+    assert result["mae"] <= 0.07
