@@ -101,7 +101,7 @@ def build() -> gr.Blocks:
                 seed = gr.Number(value=GEN.seed, precision=0, label="Seed")
             image = gr.Image(label="Decoded Interp(x_i, x_j)", height=256, elem_classes="pixelated", elem_id="decoded")
             strip_btn = gr.Button("Interpolation strip i -> j")
-            strip = gr.Gallery(label="Strip", columns=7, height=180, elem_classes="pixelated")
+            strip = gr.Gallery(label="Strip", columns=7, height=180, elem_classes="pixelated", elem_id="strip")
         with gr.Tab("Rate"):
             gr.Markdown("Expert Mean Opinion Score sessions arrive with the MOS feature.")
         with gr.Tab("Results"):

@@ -61,11 +61,19 @@ def page(server):
         browser.close()
 
 
+def _shot(page, tmp_path, name: str) -> None:
+    """Screenshot to $OODGEN_SCREENSHOTS (README images) or the test's temp folder."""
+    folder = os.environ.get("OODGEN_SCREENSHOTS") or str(tmp_path)
+    os.makedirs(folder, exist_ok=True)
+    page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+
 def test_load_invert_and_move_alpha(page, tmp_path):
     page.get_by_text("oodgen-faces-32").first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Load data").click()
     page.locator("#data_report").get_by_text("Loaded 100 samples").wait_for(timeout=60_000)
     assert page.locator("#preview img").count() >= 20
+    _shot(page, tmp_path, "data")
 
     page.get_by_role("tab", name="Invert").click()
     steps = page.locator("#steps input[type=number]")
@@ -73,6 +81,7 @@ def test_load_invert_and_move_alpha(page, tmp_path):
     steps.press("Enter")
     page.get_by_role("button", name="Invert", exact=True).click()
     page.locator("#invert_status").get_by_text("Inverted 100 samples").wait_for(timeout=180_000)
+    _shot(page, tmp_path, "invert")
 
     page.get_by_role("tab", name="Generate").click()
     alpha = page.locator("#alpha input[type=number]")
@@ -84,4 +93,7 @@ def test_load_invert_and_move_alpha(page, tmp_path):
     alpha.fill("0.7")
     alpha.press("Enter")
     page.wait_for_function("(s) => { const i = document.querySelector('#decoded img'); return i && i.src !== s; }", arg=first, timeout=60_000)
-    page.screenshot(path=str(tmp_path / "generate.png"))
+    strip_button = page.get_by_role("button", name="Interpolation strip i -> j")
+    strip_button.click()
+    page.locator("#strip img").nth(6).wait_for(timeout=60_000)
+    _shot(page, tmp_path, "generate")
