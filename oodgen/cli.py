@@ -274,7 +274,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     else:
         t_end = int(meta.get("t_end", 999))
         if t_end >= 999:
-            z_id = torch_randn_like_prior(args.id_prior, z_ood.shape[1:], args.seed)
+            z_id = diagnostics.prior_latents(args.id_prior, tuple(z_ood.shape[1:]), seed=args.seed)
             id_source = f"model prior N(0, I) at t=999 (n={args.id_prior})"
         else:
             model = _load_model(args, meta)
@@ -291,12 +291,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     payload["ood_file"], payload["t_end"], payload["model"] = str(args.ood), meta.get("t_end"), meta.get("model")
     _write_outputs(args, payload, report)
     return 0
-
-
-def torch_randn_like_prior(n: int, shape, seed: int):
-    import torch
-
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -1,5 +1,4 @@
-"""Diagnostics that need the model: the t sweep (paper Fig. 5 made quantitative) and the
-reconstruction table (paper Table 2).
+"""The t sweep (paper Fig. 5 made quantitative): diagnostics that need the model.
 
 The t sweep inverts the OOD images once through a DDIM grid that passes through every requested
 t, takes the in-domain reference at the same t (inverted ID images, or the model's prior pushed
@@ -9,12 +8,11 @@ down to t), and measures separability and geometry at each t.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import diagnostics, engine
-from .config import DDIMSettings
 from .models import FrozenDDPM
 
 DEFAULT_T_VALUES = (200, 400, 600, 800, 900, 999)
@@ -80,19 +78,3 @@ def t_sweep(
             "radius_gaussian_like": j["radius_test"]["ood"]["gaussian_like"],
         })
     return rows, label
-
-
-def reconstruction_table(
-    model: FrozenDDPM,
-    domains: Mapping[str, torch.Tensor],
-    settings: DDIMSettings = DDIMSettings(),
-    progress: Optional[Callable[[str, int, int], None]] = None,
-) -> list[dict]:
-    """Paper Table 2: MAE ([0, 1] scale) mean and std per domain through inversion + denoising."""
-    rows = []
-    for name, x in domains.items():
-        cb = (lambda d, t, name=name: progress(name, d, t)) if progress else None
-        rec = engine.reconstruct(model, x, settings, progress=cb)
-        s = rec.summary()
-        rows.append({"domain": name, "n": s["n"], "mae": s["mae"], "mae_std": s["mae_std"], "t_end": settings.t_end, "steps": settings.steps})
-    return rows
