@@ -406,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", metavar="OUT", help="write the sweep plot as self-contained HTML")
     _add_model_args(s)
     s.set_defaults(func=cmd_sweep)
+
+    from .cli_mos import add_mos_commands  # imported here: cli_mos and cli must not import each other at load time
+
+    add_mos_commands(sub)
     return p
 
 
