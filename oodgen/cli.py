@@ -121,25 +121,44 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from . import engine
+    """Under torchrun each rank inverts its batch-aligned shard and rank 0 writes the file (:mod:`oodgen.distributed`)."""
+    import contextlib
+    import io
+
+    from . import distributed, engine
     from .latents import save_latents
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
-    model, x, stretch, samples = _load_data_and_model(args)
-    with _progress_bar("invert", args.quiet) as update:
-        z = engine.invert(model, x, settings, progress=update)
-    meta = {
-        "model": _portable(model.name),
-        "model_config": _portable(args.model_config),
-        "resolution": model.resolution,
-        **settings.to_json(),
-        "kind": samples[0].kind,
-        "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
-        "stretch": stretch.to_json() if stretch is not None else None,
-    }
-    save_latents(args.out, z, meta)
-    print(f"wrote {len(samples)} latents {tuple(z.shape[1:])} at t={settings.t_end} to {args.out}", file=sys.stderr)
-    return 0
+    info = distributed.env_info()  # without torchrun: world_size 1, and nothing below changes anything
+    args.device, args.quiet = distributed.local_device(args.device, info), args.quiet or not info.is_main
+    with contextlib.nullcontext() if info.is_main else contextlib.redirect_stderr(io.StringIO()):
+        model, x, stretch, samples = _load_data_and_model(args)  # every rank reads all inputs (rank 0 reports)
+    info = distributed.init_from_env(args.device)  # after the model load, see init_from_env
+    try:
+        if not distributed.same_on_all_ranks([(s.name, s.sha256) for s in samples]):
+            raise CLIError("the ranks read different input files; every node must see the same --input data")
+        start, stop = distributed.shard_range(len(x), info.world_size, info.rank, settings.batch_size)
+        with _progress_bar("invert", args.quiet) as update:
+            z = engine.invert(model, x[start:stop], settings, progress=update)
+        z = distributed.gather_to_rank0(z, len(x))  # None on ranks > 0: rank 0 alone writes the merged file
+        if z is not None:
+            meta = {
+                "model": _portable(model.name),
+                "model_config": _portable(args.model_config),
+                "resolution": model.resolution,
+                **settings.to_json(),
+                "kind": samples[0].kind,
+                "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
+                "stretch": stretch.to_json() if stretch is not None else None,
+            }
+            if info.world_size > 1:
+                meta["world_size"] = info.world_size
+            save_latents(args.out, z, meta)
+            print(f"wrote {len(samples)} latents {tuple(z.shape[1:])} at t={settings.t_end} to {args.out}", file=sys.stderr)
+        distributed.barrier()  # all ranks leave together, once the file is written
+        return 0
+    finally:
+        distributed.cleanup()
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
