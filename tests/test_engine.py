@@ -131,3 +131,20 @@ def test_prior_latents_are_standard_gaussian_at_T_and_pushed_down_below():
     seen = {}
     ddim.denoise(m.eps, prior[999], m.alphas_cumprod, 0, 0, grid=grid, callback=lambda i: seen.__setitem__(i["t"], i["x"]))
     assert torch.allclose(prior[500], seen[500], atol=1e-6)
+
+
+def test_bfloat16_reconstruction_matches_float32_within_0_005():
+    """Reduced precision keeps the schedule math exact: only the UNet runs in bf16 (CPU here, GPU in production)."""
+    from tests.conftest import SAMPLES, require_bundled_model
+
+    require_bundled_model()
+    from oodgen.data import load_paths, to_model_input
+
+    samples = load_paths([SAMPLES / "galaxy"]).samples[::10]
+    s = DDIMSettings(t_end=900, steps=10, batch_size=16)
+    maes = {}
+    for dtype in ("float32", "bfloat16"):
+        m = load_model(device="cpu", dtype=dtype)
+        x, _ = to_model_input(samples, m.resolution, m.channels)
+        maes[dtype] = engine.reconstruct(m, x, s).summary()["mae"]
+    assert abs(maes["bfloat16"] - maes["float32"]) < 0.005, maes
