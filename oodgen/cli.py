@@ -249,6 +249,8 @@ def _stage_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 
 def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures: Optional[dict] = None) -> None:
+    """--json and --html outputs: the diagnostics report when given, else a page of ``figures``."""
+    from . import diagnostics
     from .latents import atomic_write
 
     if args.json:
@@ -256,25 +258,11 @@ def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures
         atomic_write(Path(args.json), lambda tmp: tmp.write_text(text))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.html:
-        from . import diagnostics
-
         if report is not None:
-            diagnostics.write_html_report(report, args.html, extra_figures=figures or {})
+            atomic_write(Path(args.html), lambda tmp: diagnostics.write_html_report(report, tmp))
         else:
-            _write_figures_html(Path(args.html), payload, figures or {})
+            atomic_write(Path(args.html), lambda tmp: diagnostics.write_figures_page(tmp, "oodgen", figures or {}, payload))
         print(f"wrote {args.html}", file=sys.stderr)
-
-
-def _write_figures_html(path: Path, payload: dict, figures: dict) -> None:
-    """A self-contained HTML page of plotly figures and a JSON block (plotly JS inlined once)."""
-    import html
-
-    from .latents import atomic_write
-
-    parts = [f"<h2>{html.escape(name)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=(k == 0)) for k, (name, fig) in enumerate(figures.items())]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>oodgen</title></head><body>"
-            + "".join(parts) + "<h2>Numbers</h2><pre>" + html.escape(json.dumps(payload, indent=2)) + "</pre></body></html>")
-    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

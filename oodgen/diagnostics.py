@@ -1137,19 +1137,32 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}tabl
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;overflow:auto}"""
 
 
-def write_html_report(report: DiagnosticsReport, path: str | os.PathLike, extra_figures: Optional[Mapping[str, Any]] = None) -> Path:
-    """One self-contained, offline HTML file: the Table-3-style table, every figure, and the JSON.
+def write_figures_page(path: str | os.PathLike, title: str, figures: Mapping[str, Any], numbers: Mapping[str, Any],
+                       intro_html: str = "") -> Path:
+    """One self-contained, offline HTML page: ``intro_html``, every plotly figure, and ``numbers`` as JSON.
 
     plotly.js is inlined once (first figure); no external script is referenced.
     """
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", intro_html]
+    for k, (name, fig) in enumerate(figures.items()):
+        parts.append(f"<h2>{html.escape(str(name))}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=k == 0, include_mathjax=False))
+    parts.append("<h2>Numbers (JSON)</h2><details><summary>show</summary><pre>"
+                 + html.escape(json.dumps(numbers, indent=2)) + "</pre></details>")
+    parts.append("</body></html>")
+    out = Path(path)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def write_html_report(report: DiagnosticsReport, path: str | os.PathLike, extra_figures: Optional[Mapping[str, Any]] = None) -> Path:
+    """The diagnostics report as one offline HTML file: the Table-3-style table, every figure, the JSON."""
     figs = dict(report_figures(report))
     figs.update(extra_figures or {})
     rows = table_rows(report)
     cols = list(rows[0])
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>oodgen diagnostics</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>oodgen latent diagnostics</h1>",
+    intro = "".join([
         f"<p>d = {report.d}, n_ID = {report.n_id} ({html.escape(report.id_source)}), n_OOD = {report.n_ood}, seed = {report.seed}</p>",
         "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>",
         *["<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows],
@@ -1157,18 +1170,8 @@ def write_html_report(report: DiagnosticsReport, path: str | os.PathLike, extra_
         "<p>References: isotropic Gaussian N(0, s²I) with the set's fitted scale s. Noise floor: centre distance "
         "expected between two sets drawn from the same Gaussian (oodgen's addition to Lemma C.2). "
         f"SVM standardization: {html.escape(SVM_STANDARDIZATION)}.</p>",
-    ]
-    first = True
-    for title, fig in figs.items():
-        parts.append(f"<h2>{html.escape(str(title))}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=bool(first), include_mathjax=False))
-        first = False
-    parts.append("<h2>Numbers (JSON)</h2><details><summary>show</summary><pre>"
-                 + html.escape(json.dumps(report.to_json(), indent=2)) + "</pre></details>")
-    parts.append("</body></html>")
-    out = Path(path)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    ])
+    return write_figures_page(path, "oodgen latent diagnostics", figs, report.to_json(), intro)
 
 
 # --------------------------------------------------------------------------------------------------

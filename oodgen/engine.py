@@ -112,6 +112,39 @@ def denoise(
     return _run_batched(fn, z, model, settings.batch_size, settings.steps, progress)
 
 
+def _collect_snapshots(
+    model: FrozenDDPM,
+    x: torch.Tensor,
+    wanted: set[int],
+    n_steps: int,
+    walk: Callable[[torch.Tensor, Callable[[dict], None]], torch.Tensor],
+    batch_size: int,
+    progress: Optional[Progress],
+) -> dict[int, torch.Tensor]:
+    """Run ``walk(batch, callback)`` over ``x`` in batches and keep the states at the ``wanted`` timesteps.
+
+    A batch's snapshots are kept only once its walk has finished, so an out-of-memory retry
+    never leaves partial results behind. Returns {t: [N, C, H, W]} on CPU.
+    """
+    parts: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
+
+    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
+        snaps: dict[int, torch.Tensor] = {}
+
+        def record(info: dict) -> None:
+            if info["t"] in wanted:
+                snaps[info["t"]] = info["x"].to("cpu", torch.float32)
+            cb(info)
+
+        walk(batch, record)
+        for t in wanted:
+            parts[t].append(snaps[t])
+        return batch[:, :0]  # nothing to concatenate: the snapshots are collected above
+
+    _run_batched(fn, x, model, batch_size, n_steps, progress)
+    return {t: torch.cat(p) for t, p in parts.items()}
+
+
 def invert_snapshots(
     model: FrozenDDPM,
     x0: torch.Tensor,
@@ -128,24 +161,11 @@ def invert_snapshots(
     """
     _check_shape(model, x0)
     grid = ddim.grid_through(t_values, steps, model.num_train_timesteps)
-    wanted = set(int(t) for t in t_values)
-    parts: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
 
-    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
-        snaps: dict[int, torch.Tensor] = {}
+    def walk(batch: torch.Tensor, record: Callable[[dict], None]) -> torch.Tensor:
+        return ddim.invert(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
 
-        def record(info: dict) -> None:
-            if info["t"] in wanted:
-                snaps[info["t"]] = info["x"].to("cpu", torch.float32)
-            cb(info)
-
-        ddim.invert(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
-        for t in wanted:
-            parts[t].append(snaps[t])
-        return batch[:, :0]  # nothing to concatenate: snapshots are collected above
-
-    _run_batched(fn, x0, model, batch_size, len(grid) - 1, progress)
-    return {t: torch.cat(p) for t, p in parts.items()}
+    return _collect_snapshots(model, x0, {int(t) for t in t_values}, len(grid) - 1, walk, batch_size, progress)
 
 
 def prior_latents(
@@ -171,20 +191,11 @@ def prior_latents(
         return out
     full = ddim.grid_through(lower + [T], steps, model.num_train_timesteps)
     grid = [0] + [g for g in full if g >= lower[0]]  # walk down to the lowest requested t, then one last step
-    wanted = set(lower)
-    parts: dict[int, list[torch.Tensor]] = {t: [] for t in wanted}
 
-    def fn(batch: torch.Tensor, start: int, cb: Callable[[dict], None]) -> torch.Tensor:
-        def record(info: dict) -> None:
-            if info["t"] in wanted:
-                parts[info["t"]].append(info["x"].to("cpu", torch.float32))
-            cb(info)
+    def walk(batch: torch.Tensor, record: Callable[[dict], None]) -> torch.Tensor:
+        return ddim.denoise(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
 
-        ddim.denoise(model.eps, batch, model.alphas_cumprod, 0, 0, callback=record, cancel=cancel, grid=grid)
-        return batch[:, :0]
-
-    _run_batched(fn, z, model, batch_size, len(grid) - 1, progress)
-    out.update({t: torch.cat(p) for t, p in parts.items()})
+    out.update(_collect_snapshots(model, z, set(lower), len(grid) - 1, walk, batch_size, progress))
     return out
 
 
