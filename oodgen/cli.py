@@ -126,7 +126,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     import io
 
     from . import distributed, engine
-    from .latents import save_latents
+    from .latents import inversion_metadata, save_latents
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
     info = distributed.env_info()  # without torchrun: world_size 1, and nothing below changes anything
@@ -142,15 +142,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
             z = engine.invert(model, x[start:stop], settings, progress=update)
         z = distributed.gather_to_rank0(z, len(x))  # None on ranks > 0: rank 0 alone writes the merged file
         if z is not None:
-            meta = {
-                "model": _portable(model.name),
-                "model_config": _portable(args.model_config),
-                "resolution": model.resolution,
-                **settings.to_json(),
-                "kind": samples[0].kind,
-                "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
-                "stretch": stretch.to_json() if stretch is not None else None,
-            }
+            meta = inversion_metadata(_portable(model.name), _portable(args.model_config), model.resolution, settings, samples, stretch)
             if info.world_size > 1:
                 meta["world_size"] = info.world_size
             save_latents(args.out, z, meta)

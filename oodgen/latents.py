@@ -85,3 +85,16 @@ def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if x.ndim != 4:
         raise LatentFileError(f"{path}: tensor {TENSOR!r} has shape {tuple(x.shape)}, expected [N, C, H, W]")
     return x.float(), meta
+
+
+def inversion_metadata(model: str, model_config: Any, resolution: int, settings: Any, samples: Any, stretch: Any) -> dict[str, Any]:
+    """The metadata every inverted-latents file carries: model, settings, data kind, sources, stretch."""
+    return {
+        "model": model,
+        "model_config": model_config,
+        "resolution": resolution,
+        **settings.to_json(),
+        "kind": samples[0].kind,
+        "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
+        "stretch": stretch.to_json() if stretch is not None else None,
+    }

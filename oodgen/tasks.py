@@ -1,0 +1,335 @@
+"""The app's background work, as job runners over the workspace: invert, diagnose, t sweep, generate.
+
+Each runner reads its parameters from ``ctx.params`` (JSON), does the work through
+:mod:`oodgen.engine` / :mod:`oodgen.diagnostics`, and saves one workspace record atomically. The
+model passes run in chunks of whole batches: each chunk is one call of :func:`invert_chunk`
+(a ``spaces.GPU`` call on ZeroGPU) and is kept in the job's folder, so a job resumed after a
+restart skips the chunks it already has.
+
+Dataset references are ``bundled:<key>`` (a set shipped in ``assets/samples``) or a workspace
+dataset id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import engine, zerogpu
+from .bundled import SAMPLE_SETS
+from .config import DDIMSettings, GenerationSettings
+from .data import LoadReport, Sample, Stretch, from_model_output, load_paths, to_model_input, to_uint8_rgb
+from .jobs import JobContext
+from .latents import inversion_metadata, load_latents, save_latents
+from .models import FrozenDDPM, load_model
+from .workspace import Record, Workspace, WorkspaceError, write_json
+
+log = logging.getLogger(__name__)
+
+LATENTS = "latents.safetensors"
+THUMBS = "thumbs.npy"
+CHUNK_IMAGES = 64  # images per chunk (rounded up to whole batches): the unit of resume and of a ZeroGPU call
+N_RECON_PAIRS = 8  # original-versus-reconstruction pairs shown with the diagnostics
+REFERENCES = {"prior": "the model's own prior N(0, I), pushed to t_end by DDIM"}
+REFERENCES.update({k: f"in-domain images '{k}' inverted with the same settings" for k, s in SAMPLE_SETS.items() if s.domain == "in-domain"})
+
+_MODELS: dict[tuple[str, str, str], FrozenDDPM] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def get_model(name: str, device: str = "auto", dtype: str = "float32") -> FrozenDDPM:
+    """A loaded model, cached per (name, device, dtype) for the life of the process (shared on purpose:
+    frozen and read-only, and loading takes seconds)."""
+    key = (name, device, dtype)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(name, device=device, dtype=dtype)
+        return _MODELS[key]
+
+
+# ---------------------------------------------------------------- datasets
+def load_dataset(ws: Workspace, ref: str, owner: Optional[str]) -> tuple[LoadReport, str]:
+    """(the samples of dataset ``ref``, its display name); WorkspaceError for an unknown or foreign ref."""
+    if ref.startswith("bundled:"):
+        key = ref.split(":", 1)[1]
+        if key not in SAMPLE_SETS:
+            raise WorkspaceError(f"unknown bundled set {key!r}; choose one of {', '.join(SAMPLE_SETS)}")
+        return load_paths([SAMPLE_SETS[key].path]), key
+    rec = ws.get("datasets", ref, owner)
+    return load_paths([rec.root / "files"]), rec.name
+
+
+def save_dataset(ws: Workspace, owner: str, name: str, files: Sequence[str | Path], report: LoadReport, *, shared: bool = False) -> Record:
+    """Copy uploaded ``files`` (already read into ``report``) into a new dataset record."""
+    if not report.samples:
+        raise WorkspaceError("nothing to save: none of the files held a usable image")
+
+    def fill(tmp: Path) -> dict:
+        (tmp / "files").mkdir()
+        used: set[str] = set()
+        for f in files:
+            f = Path(f)
+            stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in f.name).lstrip(".") or "file"
+            target, k = stem, 1
+            while target in used:
+                target, k = f"{k}_{stem}", k + 1
+            used.add(target)
+            shutil.copyfile(f, tmp / "files" / target)
+        return {"n": len(report.samples), "kind": report.samples[0].kind,
+                "errors": [list(e) for e in report.errors], "files": sorted(used)}
+
+    return ws.create("datasets", name, owner, fill, shared=shared)
+
+
+# ---------------------------------------------------------------- invert
+@zerogpu.gpu(duration=120)
+def invert_chunk(model_name: str, x: torch.Tensor, settings: dict, progress=None, cancel=None) -> torch.Tensor:
+    """DDIM-invert one chunk x [n, C, H, W] (CPU) with the cached model; latents on CPU."""
+    return engine.invert(get_model(model_name), x, DDIMSettings(**settings), progress=progress, cancel=cancel).cpu()
+
+
+def _chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    size = max(batch_size, (CHUNK_IMAGES // batch_size) * batch_size)
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def run_invert(ctx: JobContext) -> str:
+    """params: dataset (ref), model (name), settings (DDIMSettings JSON), name (run name)."""
+    p, ws = ctx.params, ctx.workspace
+    settings = DDIMSettings(**p["settings"])
+    ctx.progress(0, 0, "loading data and model")
+    report, ds_name = load_dataset(ws, p["dataset"], ctx.job.owner)
+    if not report.samples:
+        raise ValueError(f"dataset {ds_name!r} has no usable images")
+    model = get_model(p["model"])
+    x, stretch = to_model_input(report.samples, model.resolution, model.channels)
+    n, steps = len(x), settings.steps
+    total = n * steps
+    ctx.chunk_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    chunks = _chunks(n, settings.batch_size)
+    live = not zerogpu.active()  # progress callbacks and cancel flags cannot cross into a ZeroGPU worker
+    for k, (a, b) in enumerate(chunks):
+        stage = f"inverting chunk {k + 1}/{len(chunks)}"
+        f = ctx.chunk_dir / f"chunk_{k:05d}.safetensors"
+        z = None
+        if f.exists():
+            try:
+                z, meta = load_latents(f)
+                if meta.get("range") != [a, b] or len(z) != b - a:
+                    z = None
+            except ValueError:
+                z = None
+        if z is None:
+            if ctx.cancelled():
+                raise engine.ddim.Cancelled()
+            ctx.progress(a * steps, total, stage)
+            z = invert_chunk(model.name, x[a:b], settings.to_json(),
+                             progress=(lambda d, t, a=a: ctx.progress(a * steps + d, total, stage)) if live else None,
+                             cancel=ctx.cancelled if live else None)
+            save_latents(f, z, {"range": [a, b]})
+        parts.append(z)
+        ctx.progress(b * steps, total, stage)
+    z = torch.cat(parts)
+    meta = inversion_metadata(model.name, None, model.resolution, settings, report.samples, stretch)
+    thumbs = to_uint8_rgb(x)
+
+    def fill(tmp: Path) -> dict:
+        save_latents(tmp / LATENTS, z, meta)
+        np.save(tmp / THUMBS, thumbs)
+        return {"n": n, "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": report.samples[0].kind,
+                "settings": settings.to_json(), "names": [s.name for s in report.samples],
+                "stretch": stretch.to_json() if stretch is not None else None, "job": ctx.job.id}
+
+    rec = ws.create("runs", p.get("name") or f"{ds_name} t{settings.t_end}", ctx.job.owner, fill)
+    ctx.job.message = f"inverted {n} samples into run '{rec.name}'"
+    return rec.id
+
+
+def run_latents(ws: Workspace, run_id: str, owner: Optional[str]) -> tuple[torch.Tensor, Record]:
+    """(latents [N, C, H, W], run record) of a run visible to ``owner``."""
+    rec = ws.get("runs", run_id, owner)
+    z, _ = load_latents(rec.root / LATENTS)
+    return z, rec
+
+
+def run_settings(rec: Record) -> DDIMSettings:
+    return DDIMSettings(**rec.meta["settings"])
+
+
+def run_stretch(rec: Record) -> Optional[Stretch]:
+    s = rec.meta.get("stretch")
+    return Stretch.from_json(s) if s else None
+
+
+# ---------------------------------------------------------------- diagnostics and the t sweep
+def diagnostics_dir(rec: Record, reference: str) -> Path:
+    if reference not in REFERENCES:
+        raise WorkspaceError(f"unknown ID reference {reference!r}; choose one of {', '.join(REFERENCES)}")
+    return rec.root / "diagnostics" / reference
+
+
+def _id_reference(model: FrozenDDPM, reference: str, t_values: Sequence[int], settings: DDIMSettings, n_prior: int, progress):
+    from .sweep import id_reference
+
+    x_id = None
+    if reference != "prior":
+        x_id, _ = to_model_input(load_paths([SAMPLE_SETS[reference].path]).samples, model.resolution, model.channels)
+    return id_reference(model, t_values, x_id=x_id, n_prior=n_prior, steps=settings.steps,
+                        batch_size=settings.batch_size, progress=progress)
+
+
+def _write_dir(final: Path, fill) -> None:
+    """Fill a hidden temp folder next to ``final`` and rename it into place (replacing an old one)."""
+    import tempfile
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_diagnose(ctx: JobContext) -> str:
+    """params: run (id), reference (prior | in-domain set key). Caches everything under the run's diagnostics/."""
+    from . import diagnostics
+
+    p, ws = ctx.params, ctx.workspace
+    z, rec = run_latents(ws, p["run"], ctx.job.owner)
+    settings = run_settings(rec)
+    model = get_model(rec.meta["model"])
+    t = settings.t_end
+    units = 1000
+    ctx.progress(0, units, "ID reference")
+    refs, label = _id_reference(model, p["reference"], [t], settings, max(64, len(z)),
+                                lambda d, tot: ctx.progress(int(300 * d / max(tot, 1)), units, "ID reference latents"))
+    if ctx.cancelled():
+        raise engine.ddim.Cancelled()
+    report = diagnostics.diagnose(z, refs[t], label, names_ood=rec.meta.get("names"), seed=0,
+                                  progress=lambda stage, f: ctx.progress(300 + int(550 * f), units, f"diagnostics: {stage}"))
+    # original-versus-reconstruction pairs: decode the first latents back and compare to their inputs
+    k = min(N_RECON_PAIRS, len(z))
+    thumbs = np.load(rec.root / THUMBS)[:k]
+    x0 = torch.from_numpy(thumbs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    recon = engine.denoise(model, z[:k], settings, progress=lambda d, tot: ctx.progress(850 + int(150 * d / max(tot, 1)), units, "reconstructions"),
+                           cancel=ctx.cancelled).clamp(-1, 1)
+    if model.channels == 1:
+        x0 = x0[:, :1]
+    mae = ((recon - x0).abs() / 2).flatten(1).mean(1).numpy()
+    figs = diagnostics.report_figures(report)
+
+    def fill(tmp: Path) -> None:
+        write_json(tmp / "report.json", report.to_json())
+        write_json(tmp / "table.json", diagnostics.table_rows(report))
+        write_json(tmp / "figures.json", {name: json.loads(fig.to_json()) for name, fig in figs.items()})
+        np.savez_compressed(tmp / "recon.npz", original=thumbs, reconstruction=to_uint8_rgb(recon), mae=mae,
+                            names=np.array(rec.meta.get("names", [])[:k]))
+
+    _write_dir(diagnostics_dir(rec, p["reference"]), fill)
+    j = report.to_json()
+    ctx.job.message = f"SVM accuracy {j['svm_test_accuracy']:.3f}, centre distance {j['center_distance']:.2f} vs d^1/4 {j['d_quarter']:.2f}"
+    return rec.id
+
+
+def run_sweep(ctx: JobContext) -> str:
+    """params: run (id), reference, t_values. Inverts the run's dataset once through every t."""
+    from . import diagnostics, sweep
+
+    p, ws = ctx.params, ctx.workspace
+    rec = ws.get("runs", p["run"], ctx.job.owner)
+    settings = run_settings(rec)
+    model = get_model(rec.meta["model"])
+    report, _ = load_dataset(ws, rec.meta["dataset"], ctx.job.owner)
+    x, _ = to_model_input(report.samples, model.resolution, model.channels, run_stretch(rec))
+    t_values = sorted({int(t) for t in p.get("t_values") or sweep.DEFAULT_T_VALUES})
+    x_id = None
+    if p["reference"] != "prior":
+        x_id, _ = to_model_input(load_paths([SAMPLE_SETS[p["reference"]].path]).samples, model.resolution, model.channels)
+    half = {"ood": 0, "id": 500}
+    rows, label = sweep.t_sweep(model, x, t_values, x_id=x_id, n_prior=max(64, len(x)) if x_id is None else 0,
+                                steps=settings.steps, batch_size=settings.batch_size,
+                                progress=lambda stage, d, tot: ctx.progress(half.get(stage, 0) + int(500 * d / max(tot, 1)), 1000, f"t sweep: {stage} pass"))
+    fig = diagnostics.t_sweep_figure(rows)
+    folder = diagnostics_dir(rec, p["reference"])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "sweep.json", {"rows": rows, "id_source": label, "figure": json.loads(fig.to_json())})
+    ctx.job.message = f"t sweep over {len(rows)} values of t"
+    return rec.id
+
+
+# ---------------------------------------------------------------- generate
+def run_generate(ctx: JobContext) -> str:
+    """params: run (id), n, name, generation (GenerationSettings JSON)."""
+    p, ws = ctx.params, ctx.workspace
+    z, rec = run_latents(ws, p["run"], ctx.job.owner)
+    settings = run_settings(rec)
+    gen_settings = GenerationSettings(**p["generation"])
+    model = get_model(rec.meta["model"])
+    n = int(p["n"])
+    ctx.progress(0, n * settings.steps, "generating")
+    gen = engine.generate(model, z, n, settings, gen_settings, progress=lambda d, t: ctx.progress(d, t, "generating"),
+                          cancel=ctx.cancelled)
+    stretch = run_stretch(rec)
+    rgb = to_uint8_rgb(gen.images)
+    names = rec.meta.get("names", [])
+
+    def fill(tmp: Path) -> dict:
+        from PIL import Image
+
+        (tmp / "images").mkdir()
+        for k, a in enumerate(rgb):
+            Image.fromarray(a).save(tmp / "images" / f"gen_{k:04d}.png")
+        if stretch is not None:
+            (tmp / "physical").mkdir()
+            phys = from_model_output(gen.images, stretch)  # [n, H, W, C] in the data's units
+            for k, a in enumerate(phys):
+                np.save(tmp / "physical" / f"gen_{k:04d}.npy", a)
+        save_latents(tmp / LATENTS, gen.latents, {"model": model.name, **settings.to_json(), "run": rec.id,
+                                                  "generation": gen_settings.to_json()})
+        draws = [{"method": d.method, "i": d.i, "j": d.j, "alpha": None if d.alpha != d.alpha else d.alpha,
+                  "source_i": names[d.i] if 0 <= d.i < len(names) else None,
+                  "source_j": names[d.j] if 0 <= d.j < len(names) else None} for d in gen.draws]
+        return {"n": n, "run": rec.id, "run_name": rec.name, "model": model.name, "kind": rec.meta.get("kind"),
+                "domain": rec.meta.get("dataset_name"), "generation": gen_settings.to_json(), "settings": settings.to_json(),
+                "stretch": rec.meta.get("stretch"), "unit": stretch.unit if stretch is not None else None, "draws": draws}
+
+    out = ws.create("generated", p.get("name") or f"{rec.name} {gen_settings.method}", ctx.job.owner, fill)
+    ctx.job.message = f"generated {n} samples into '{out.name}'"
+    return out.id
+
+
+RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate}
+
+
+def zip_generated(rec: Record, folder: Path) -> Path:
+    """A zip of a generated set (PNGs, physical .npy when the source was physical, latents, manifest) in ``folder``."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{rec.id}.zip"
+    tmp = out.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(rec.root.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                zf.write(f, f"{rec.id}/{f.relative_to(rec.root).as_posix()}")
+    tmp.replace(out)
+    return out
+
+
+def dataset_refs(ws: Workspace, owner: Optional[str]) -> list[tuple[str, str]]:
+    """(label, ref) choices: bundled sets, then the owner's and shared datasets."""
+    out = [(f"bundled: {k}", f"bundled:{k}") for k in SAMPLE_SETS]
+    out += [(f"{r.label()}{' [shared]' if r.shared else ''}", r.id) for r in ws.list("datasets", owner)]
+    return out
