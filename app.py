@@ -1,9 +1,9 @@
-"""oodgen web app: pick data, invert it with a frozen DDPM, explore and generate in the OOD latent space.
+"""oodgen web app: upload data, invert it with a frozen DDPM as a background job, inspect the latent
+space, generate new samples and run expert MOS studies.
 
-UI only: every event calls a plain-value function of :mod:`oodgen.service`. Run ``python app.py``.
+UI only: every event calls a plain-value function of :mod:`oodgen.service`. Run ``python app.py``;
+the workspace is ``$OODGEN_HOME`` (default ``./workspace``). See Spaces.md for deployment.
 """
-
-from __future__ import annotations
 
 import os
 
@@ -11,114 +11,474 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typing import Optional  # noqa: E402
+
 import gradio as gr  # noqa: E402
 
-from oodgen import service  # noqa: E402
-from oodgen.bundled import SAMPLE_SETS  # noqa: E402
+from oodgen import service, tasks  # noqa: E402
 from oodgen.config import METHODS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
+from oodgen.ratings import ACR_LABELS  # noqa: E402
+from oodgen.workspace import new_browser_key  # noqa: E402
 
 DDIM = DDIMSettings()
 GEN = GenerationSettings()
-CSS = ".pixelated img { image-rendering: pixelated; }"
+OAUTH = bool(os.environ.get("OAUTH_CLIENT_ID"))  # set by Hugging Face Spaces when the README says hf_oauth: true
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+.oodgen-job { margin: 2px 0; font-size: 0.95em; }
+.oodgen-job progress { width: 220px; vertical-align: middle; }
+"""
 
 
-def on_model(name: str) -> str:
+def _err(e: Exception) -> gr.Error:
+    return gr.Error(str(e), print_exception=False)
+
+
+def _dd(choices, value=None, keep=None):
+    """A dropdown update that keeps the current value when it is still a choice."""
+    values = [c[1] if isinstance(c, tuple) else c for c in choices]
+    if keep in values:
+        value = keep
+    elif value not in values:
+        value = values[0] if values else None
+    return gr.Dropdown(choices=choices, value=value)
+
+
+# ---------------------------------------------------------------- session
+def on_load(key, prefs, profile: Optional[gr.OAuthProfile] = None):
+    key = key or new_browser_key()
+    owner = service.owner_for(key, profile.username if profile else None)
+    prefs = prefs or {}
+    rater = (profile.username if profile else None) or prefs.get("rater") or ""
+    studies = service.study_choices()
+    return (key, owner, service.jobs_html(owner), _dd(service.dataset_choices(owner), "bundled:galaxy"),
+            _dd(service.run_choices(owner)), _dd(service.run_choices(owner)), _dd(service.generated_choices(owner)),
+            _dd(studies, keep=prefs.get("study")), rater, _dd([""] + studies, ""),
+            gr.Dropdown(choices=service.generated_choices(owner)), _dd(service.dataset_choices(owner), "bundled:galaxy"),
+            service.jobs_stamp(owner), service.runs_table(owner), gr.Dropdown(choices=service.active_jobs(owner), value=None))
+
+
+def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen):
+    """Once a second: job progress; lists when a job finished; diagnostics when their cache changed."""
+    if not owner:
+        return [gr.skip()] * 16
+    stamp = service.jobs_stamp(owner)
+    out = [service.jobs_html(owner)]
+    if stamp != seen:
+        runs, gens = service.run_choices(owner), service.generated_choices(owner)
+        out += [stamp, _dd(runs, keep=run_d), _dd(runs, keep=run_g), _dd(gens, keep=gen_id),
+                gr.Dropdown(choices=service.active_jobs(owner), value=None), service.runs_table(owner)]
+    else:
+        out += [gr.skip()] * 6
+    dstamp = service.diagnostics_stamp(owner, diag_run, ref)
+    if dstamp != diag_seen:
+        out += [dstamp, *_diag_outputs(owner, diag_run, ref)]
+    else:
+        out += [gr.skip()] * 9
+    return out
+
+
+# ---------------------------------------------------------------- data and inversion
+def on_dataset(owner, ref):
+    if not owner or not ref:
+        return [], "", ""
     try:
-        return service.model_summary(service.get_model(name))
-    except Exception as e:  # shown to the user as is: loading errors are written for people
-        return f"**Cannot load {name}**: {e}"
-
-
-def on_load_data(bundled: str | None, uploads: list[str] | None):
-    try:
-        report = service.load_dataset(bundled or None, uploads or [])
+        gal, md = service.show_dataset(owner, ref)
     except ValueError as e:
-        return [], f"**{e}**", []
-    return service.gallery(report.samples), service.errors_markdown(report), report.samples
+        return [], f"**{e}**", ""
+    return gal, md, f"Dataset: **{ref.split(':', 1)[-1]}** (change it in the Data tab)."
 
 
-def on_invert(model_name: str, samples, t_end: int, steps: int, batch_size: int, progress=gr.Progress()):
-    if not samples:
-        raise gr.Error("Load a dataset first (Data tab).")
+def on_upload(owner, files, name, shared):
     try:
-        settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=int(batch_size))
-        model = service.get_model(model_name)
-    except Exception as e:
-        raise gr.Error(str(e)) from None
-    progress(0, desc="inverting")
-    inv = service.invert_dataset(model, samples, settings, progress=lambda d, t: progress(d / t, desc=f"inverting: {d}/{t} image-steps"))
-    n = len(inv.names)
-    status = f"Inverted **{n}** samples to t = {settings.t_end} ({settings.steps} DDIM steps) with {model.name}."
-    slider = gr.Slider(minimum=0, maximum=n - 1, step=1)
-    return inv, status, slider, gr.Slider(minimum=0, maximum=n - 1, step=1, value=min(1, n - 1))
+        ds, gal, md = service.upload_dataset(owner, name, files or [], bool(shared))
+    except ValueError as e:
+        return gr.skip(), gr.skip(), f"**Upload not saved.** {e}"
+    return _dd(service.dataset_choices(owner), ds), gal, md
 
 
-def on_decode(model_name: str, inv, i: int, j: int, alpha: float, method: str, eta: float, seed: int):
-    if inv is None:
-        raise gr.Error("Run an inversion first.")
-    model = service.get_model(model_name)
-    return service.decode_pair(model, inv, int(i), int(j), float(alpha), method, float(eta), int(seed))
+def on_invert(owner, ref, model_name, t_end, steps, batch, name):
+    try:
+        job = service.start_invert(owner, ref, model_name, DDIMSettings(int(t_end), int(steps), int(batch)), (name or "").strip())
+    except ValueError as e:
+        raise _err(e) from None
+    return f"Queued **{job.label}**. Progress shows under *Jobs* above; you may close or reload the page.", service.jobs_html(owner)
 
 
-def on_strip(model_name: str, inv, i: int, j: int, method: str):
-    if inv is None:
-        raise gr.Error("Run an inversion first.")
-    return service.decode_strip(service.get_model(model_name), inv, int(i), int(j), 7, method)
+def on_cancel(owner, job_id):
+    try:
+        return service.cancel_job(owner, job_id), service.jobs_html(owner)
+    except ValueError as e:
+        raise _err(e) from None
 
 
+# ---------------------------------------------------------------- diagnostics
+def _diag_outputs(owner, run_id, ref):
+    empty = ("Pick a run and press **Compute diagnostics**.", None, None, None, None, [], None, None)
+    if not run_id or not ref:
+        return list(empty)
+    try:
+        v = service.diagnostics_view(owner, run_id, ref)
+    except ValueError as e:
+        return [f"**{e}**", *empty[1:]]
+    if v.table is None and v.sweep_table is None:
+        return ["Not computed yet for this run and reference: press **Compute diagnostics** (computed once, then cached).", *empty[1:]]
+    f = v.figures
+    return [v.summary or "Diagnostics not computed yet (the t sweep is below).", v.table, f.get("UMAP"), f.get("Geometry"),
+            f.get("Radii"), v.recon, v.sweep_figure, v.sweep_table]
+
+
+def on_diag_show(owner, run_id, ref):
+    return [service.diagnostics_stamp(owner, run_id, ref), *_diag_outputs(owner, run_id, ref)]
+
+
+def on_diag_start(owner, run_id, ref, sweep=False):
+    try:
+        if not sweep and service.diagnostics_stamp(owner, run_id, ref).startswith("report.json"):
+            return "Already computed for this run and reference (shown below).", service.jobs_html(owner)
+        job = service.start_diagnose(owner, run_id, ref, sweep)
+    except ValueError as e:
+        raise _err(e) from None
+    return f"Queued **{job.label}**; results appear here when it finishes.", service.jobs_html(owner)
+
+
+# ---------------------------------------------------------------- generation
+def on_gen_run(owner, run_id):
+    if not owner or not run_id:
+        return [], gr.Slider(maximum=1), gr.Slider(maximum=1)
+    try:
+        n = service.run_size(owner, run_id)
+        thumbs = service.run_thumbnails(owner, run_id)
+    except ValueError as e:
+        raise _err(e) from None
+    return thumbs, gr.Slider(minimum=0, maximum=n - 1, value=0), gr.Slider(minimum=0, maximum=n - 1, value=min(1, n - 1))
+
+
+def on_pick(owner, which, evt: gr.SelectData):
+    """Clicking a thumbnail sets sample i, the next click sample j, and so on."""
+    k = int(evt.index)
+    if which == "i":
+        return k, gr.skip(), "j", f"Sample i = {k}; click another thumbnail for j."
+    return gr.skip(), k, "i", f"Sample j = {k}."
+
+
+def on_decode(owner, run_id, i, j, alpha, method, eta, seed):
+    if not run_id:
+        return None
+    try:
+        return service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed))
+    except ValueError as e:
+        raise _err(e) from None
+
+
+def on_strip(owner, run_id, i, j, k, method):
+    try:
+        return service.decode_strip(owner, run_id, int(i), int(j), int(k), method)
+    except ValueError as e:
+        raise _err(e) from None
+
+
+def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, name):
+    try:
+        settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=int(seed), per_dim_variance=bool(per_dim),
+                                      geometric_filter=bool(use_filter), filter_tolerance=float(tolerance))
+        job = service.start_generate(owner, run_id, int(n), (name or "").strip(), settings)
+    except ValueError as e:
+        raise _err(e) from None
+    return f"Queued **{job.label}**; the set appears in the list below when it is done.", service.jobs_html(owner)
+
+
+def on_generated(owner, gen_id):
+    if not owner or not gen_id:
+        return []
+    try:
+        return service.generated_gallery(owner, gen_id)
+    except ValueError as e:
+        raise _err(e) from None
+
+
+def on_download(owner, gen_id):
+    try:
+        return service.download_generated(owner, gen_id)
+    except ValueError as e:
+        raise _err(e) from None
+
+
+# ---------------------------------------------------------------- rating
+def _rate_outputs(study_id, rater):
+    v = service.rate_view(study_id, rater)
+    if v.done:
+        return None, f"**{v.progress}**: all items rated. Thank you!", v.instructions, 0, service.now_ms()
+    return v.image, f"Item **{v.progress}**", v.instructions, v.position, service.now_ms()
+
+
+def on_rate_start(study_id, rater, prefs, profile: Optional[gr.OAuthProfile] = None):
+    rater = profile.username if profile else (rater or "").strip()
+    try:
+        out = _rate_outputs(study_id, rater)
+    except ValueError as e:
+        raise _err(e) from None
+    return (*out, {**(prefs or {}), "rater": rater, "study": study_id})
+
+
+def on_rate_resume(prefs, profile: Optional[gr.OAuthProfile] = None):
+    """After a reload: continue the remembered session at the first unrated item."""
+    prefs = prefs or {}
+    rater = profile.username if profile else prefs.get("rater")
+    if not (rater and prefs.get("study")):
+        return [gr.skip()] * 5
+    try:
+        return _rate_outputs(prefs["study"], rater)
+    except ValueError:
+        return [gr.skip()] * 5
+
+
+def rate_handler(score: int):
+    """The click handler of the button for ``score``."""
+
+    def on_rate(study_id, rater, position, shown_ms, comment, profile: Optional[gr.OAuthProfile] = None):
+        rater = profile.username if profile else (rater or "").strip()
+        if not position:
+            raise gr.Error("Press Start / resume first (or the session is complete).")
+        try:
+            service.submit_rating(study_id, rater, int(position), score, comment or "", max(0, service.now_ms() - int(shown_ms or 0)))
+            return (*_rate_outputs(study_id, rater), "")
+        except ValueError as e:
+            raise _err(e) from None
+
+    return on_rate
+
+
+# ---------------------------------------------------------------- results
+def on_results(token, study_id):
+    try:
+        groups, raters, note, fig = service.results(token, study_id or None)
+    except ValueError as e:
+        raise _err(e) from None
+    return note, groups, raters, fig
+
+
+def on_export(token, study_id):
+    try:
+        return service.export_results(token, study_id or None)
+    except ValueError as e:
+        raise _err(e) from None
+
+
+def on_create_study(owner, token, study_id, domain, gen_ids, real_ref, n, instructions, repeat):
+    try:
+        if not service.ratings.is_admin(token):
+            raise service.UserError("creating studies is for the study owner: enter the admin token")
+        note = service.create_study(owner, study_id, domain, gen_ids or [], real_ref, int(n), instructions, float(repeat))
+    except ValueError as e:
+        raise _err(e) from None
+    studies = service.study_choices()
+    return note, _dd(studies, keep=study_id), _dd([""] + studies, keep=study_id)
+
+
+# ---------------------------------------------------------------- layout
 def build() -> gr.Blocks:
     with gr.Blocks(title="oodgen") as demo:
-        gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, then sample in its latent space.")
-        samples = gr.State(None)
-        inverted = gr.State(None)
+        key = gr.BrowserState(None, storage_key="oodgen-browser-key")  # random id: this browser's datasets, runs, jobs
+        prefs = gr.BrowserState({}, storage_key="oodgen-prefs")  # rater name and study, for resuming
+        owner = gr.State(None)
+        jobs_seen = gr.State("")
+        diag_seen = gr.State("")
+        pick_next = gr.State("i")
+        position = gr.State(0)
+        shown_ms = gr.State(0)
+
+        gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
+                    "then sample new latents in the region they occupy and denoise them with the unchanged model.")
         with gr.Row():
-            model = gr.Dropdown(list(REGISTRY), value=DEFAULT_MODEL, label="Base model", allow_custom_value=True, scale=2)
-            model_info = gr.Markdown()
-        with gr.Tab("Data"):
+            model = gr.Dropdown(list(REGISTRY), value=DEFAULT_MODEL, label="Base model (registry name, local folder or hub id)",
+                                allow_custom_value=True, scale=2, elem_id="model")
+            model_info = gr.Markdown(elem_id="model_info")
+            if OAUTH:
+                gr.LoginButton()
+        with gr.Accordion("Jobs", open=True):
+            jobs = gr.HTML(elem_id="jobs")
             with gr.Row():
-                bundled = gr.Radio(list(SAMPLE_SETS), value="galaxy", label="Bundled sample set",
-                                   info="; ".join(f"{k}: {s.description}" for k, s in SAMPLE_SETS.items()))
-                uploads = gr.File(file_count="multiple", type="filepath", label="Or upload images, FITS, .npy/.npz or a zip")
-            load_btn = gr.Button("Load data", variant="primary")
+                cancel_pick = gr.Dropdown([], label="Running or queued job", scale=3, elem_id="cancel_pick")
+                cancel_btn = gr.Button("Cancel job", variant="stop", scale=1)
+            cancel_note = gr.Markdown()
+        timer = gr.Timer(1.0)
+
+        with gr.Tab("Data"):
+            dataset = gr.Dropdown([], label="Dataset", info="bundled sample sets, your uploads, and sets shared with everyone", elem_id="dataset")
             data_report = gr.Markdown(elem_id="data_report")
-            preview = gr.Gallery(label="Preview", columns=10, height=360, elem_classes="pixelated", elem_id="preview")
+            preview = gr.Gallery(label="Preview (physical maps: per-band asinh stretch, red = longest wavelength)", columns=10, height=360,
+                                 elem_classes="pixelated", elem_id="preview")
+            with gr.Accordion("Upload a new dataset", open=False):
+                with gr.Row():
+                    uploads = gr.File(file_count="multiple", type="filepath", scale=3,
+                                      label="Images (PNG/JPEG/TIFF), FITS, .npy/.npz, or a zip of them")
+                    with gr.Column(scale=1):
+                        up_name = gr.Textbox(label="Dataset name", placeholder="my-galaxies")
+                        up_shared = gr.Checkbox(label="Share with all users of this app", value=False)
+                        up_btn = gr.Button("Save dataset", variant="primary")
+
         with gr.Tab("Invert"):
+            invert_dataset = gr.Markdown()
             with gr.Row():
                 t_end = gr.Slider(100, 999, value=DDIM.t_end, step=1, label="t_end (operating timestep)", elem_id="t_end")
                 steps = gr.Slider(5, 200, value=DDIM.steps, step=1, label="DDIM steps", elem_id="steps")
-                batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size", elem_id="batch")
-            invert_btn = gr.Button("Invert", variant="primary")
-            invert_status = gr.Markdown(elem_id="invert_status")
-        with gr.Tab("Generate"):
+                batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size (lowered automatically on out-of-memory)", elem_id="batch")
+            run_name = gr.Textbox(label="Run name (optional)", placeholder="galaxies t900")
+            invert_btn = gr.Button("Start inversion", variant="primary", elem_id="invert_btn")
+            invert_note = gr.Markdown(elem_id="invert_note")
+            runs = gr.Dataframe(label="Finished runs (saved in the workspace)", interactive=False, elem_id="runs")
+
+        with gr.Tab("Diagnostics"):
             with gr.Row():
-                i = gr.Slider(0, 1, value=0, step=1, label="Sample i")
-                j = gr.Slider(0, 1, value=1, step=1, label="Sample j")
+                diag_run = gr.Dropdown([], label="Run", scale=2, elem_id="diag_run")
+                diag_ref = gr.Radio(list(tasks.REFERENCES), value="prior", label="In-domain (ID) reference",
+                                    info="; ".join(f"{k}: {v}" for k, v in tasks.REFERENCES.items()))
+            with gr.Row():
+                diag_btn = gr.Button("Compute diagnostics", variant="primary", elem_id="diag_btn")
+                sweep_btn = gr.Button("t sweep (re-inverts the data through several t)")
+            diag_note = gr.Markdown()
+            diag_summary = gr.Markdown(elem_id="diag_summary")
+            diag_table = gr.Dataframe(label="Latent geometry against the isotropic Gaussian (paper Table 3)", interactive=False,
+                                      wrap=True, elem_id="diag_table")
+            with gr.Row():
+                umap_plot = gr.Plot(label="UMAP", elem_id="umap")
+                geo_plot = gr.Plot(label="Angles and distances")
+            with gr.Row():
+                radii_plot = gr.Plot(label="Radii")
+                recon = gr.Gallery(label="Original | reconstruction (MAE on the [0, 1] scale)", columns=4, height=300, elem_classes="pixelated")
+            sweep_plot = gr.Plot(label="t sweep")
+            sweep_table = gr.Dataframe(label="t sweep", interactive=False)
+
+        with gr.Tab("Generate"):
+            gen_run = gr.Dropdown([], label="Run", elem_id="gen_run")
+            pick_note = gr.Markdown("Click a thumbnail for sample i, then another for sample j.")
+            thumbs = gr.Gallery(label="Inverted samples", columns=12, height=220, allow_preview=False, elem_classes="pixelated", elem_id="thumbs")
+            with gr.Row():
+                i = gr.Slider(0, 1, value=0, step=1, label="Sample i", elem_id="i")
+                j = gr.Slider(0, 1, value=1, step=1, label="Sample j", elem_id="j")
             with gr.Row():
                 alpha = gr.Slider(0, 1, value=GEN.alpha, step=0.05, label="alpha", elem_id="alpha")
-                method = gr.Radio([m for m in METHODS if m != "gaussian"], value="slerp", label="Interpolation")
-                eta = gr.Slider(0, 1, value=GEN.eta, step=0.05, label="eta")
+                method = gr.Radio([m for m in METHODS if m != "gaussian"], value=GEN.method, label="Interpolation")
+                eta = gr.Slider(0, 1, value=GEN.eta, step=0.05, label="eta (DDIM noise while decoding)")
                 seed = gr.Number(value=GEN.seed, precision=0, label="Seed")
-            image = gr.Image(label="Decoded Interp(x_i, x_j)", height=256, elem_classes="pixelated", elem_id="decoded")
-            strip_btn = gr.Button("Interpolation strip i -> j")
-            strip = gr.Gallery(label="Strip", columns=7, height=180, elem_classes="pixelated", elem_id="strip")
-        with gr.Tab("Rate"):
-            gr.Markdown("Expert Mean Opinion Score sessions arrive with the MOS feature.")
-        with gr.Tab("Results"):
-            gr.Markdown("MOS summaries arrive with the MOS feature.")
+            with gr.Row():
+                image = gr.Image(label="Decoded Interp(x_i, x_j)", height=300, elem_classes="pixelated", elem_id="decoded")
+                with gr.Column():
+                    strip_k = gr.Slider(3, 15, value=7, step=1, label="Strip length k")
+                    strip_btn = gr.Button("Interpolation strip i -> j")
+            strip = gr.Gallery(label="Strip", columns=7, height=200, elem_classes="pixelated", elem_id="strip")
+            with gr.Accordion("Batch generation into a named set", open=True):
+                with gr.Row():
+                    gen_method = gr.Radio(list(METHODS), value="slerp", label="Method",
+                                          info="slerp/lerp: random pairs at alpha; gaussian: draws from the Gaussian fitted to the run")
+                    gen_n = gr.Number(value=16, precision=0, label="N samples", elem_id="gen_n")
+                    gen_name = gr.Textbox(label="Set name", placeholder="galaxies slerp 0.5", elem_id="gen_name")
+                with gr.Row():
+                    use_filter = gr.Checkbox(label="Geometric filter (keep draws whose distances and angles match the run)")
+                    tolerance = gr.Slider(0.01, 0.5, value=GEN.filter_tolerance, step=0.01, label="Filter tolerance")
+                    per_dim = gr.Checkbox(label="Gaussian: per-dimension variance")
+                gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
+                gen_note = gr.Markdown()
+                with gr.Row():
+                    generated = gr.Dropdown([], label="Generated sets", scale=3, elem_id="generated")
+                    dl_btn = gr.Button("Download zip (PNG + physical .npy + latents)", scale=1, elem_id="dl_btn")
+                dl_file = gr.File(label="Download", elem_id="dl_file")
+                gen_gallery = gr.Gallery(label="Generated", columns=10, height=260, elem_classes="pixelated", elem_id="gen_gallery")
 
-        demo.load(on_model, model, model_info)
-        model.change(on_model, model, model_info)
-        load_btn.click(on_load_data, [bundled, uploads], [preview, data_report, samples])
-        invert_btn.click(on_invert, [model, samples, t_end, steps, batch], [inverted, invert_status, i, j])
-        decode_inputs = [model, inverted, i, j, alpha, method, eta, seed]
-        for control in (alpha, i, j, eta, method):  # "always_last": a drag decodes its latest position
-            control.change(on_decode, decode_inputs, image)
-        strip_btn.click(on_strip, [model, inverted, i, j, method], strip)
+        with gr.Tab("Rate"):
+            gr.Markdown("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
+                        "images are mixed and not labelled. You can close the page and continue later with the same name.")
+            with gr.Row():
+                rater = gr.Textbox(label="Your name or id" + (" (your Hugging Face login is used when signed in)" if OAUTH else ""),
+                                   max_length=64, elem_id="rater")
+                study = gr.Dropdown([], label="Study", elem_id="study")
+                rate_start = gr.Button("Start / resume", variant="primary", elem_id="rate_start")
+            instructions = gr.Markdown()
+            rate_progress = gr.Markdown(elem_id="rate_progress")
+            rate_image = gr.Image(label="Item", height=420, interactive=False, elem_classes="pixelated", elem_id="rate_image")
+            with gr.Row():
+                score_btns = [gr.Button(f"{s} {ACR_LABELS[s]}", elem_id=f"score_{s}") for s in (5, 4, 3, 2, 1)]
+            comment = gr.Textbox(label="Comment (optional)", max_length=1000)
+
+        with gr.Tab("Results"):
+            gr.Markdown("For the study owner. " + ("Enter the admin token of this deployment." if os.environ.get("OODGEN_ADMIN_TOKEN")
+                                                   else "Open to everyone here because OODGEN_ADMIN_TOKEN is not set."))
+            with gr.Row():
+                token = gr.Textbox(label="Admin token", type="password", visible=bool(os.environ.get("OODGEN_ADMIN_TOKEN")))
+                res_study = gr.Dropdown([""], value="", label="Study (empty: all)", elem_id="res_study")
+                res_btn = gr.Button("Refresh results", variant="primary", elem_id="res_btn")
+            res_note = gr.Markdown(elem_id="res_note")
+            res_groups = gr.Dataframe(label="MOS per study, domain, method and source (95% CI, t distribution)", interactive=False, elem_id="res_groups")
+            res_plot = gr.Plot(label="Score distributions")
+            res_raters = gr.Dataframe(label="Raters: mean, consistency on repeats, straight-lining", interactive=False)
+            with gr.Row():
+                export_btn = gr.Button("Export CSV + JSON")
+                export_files = gr.File(label="Exports", file_count="multiple")
+            with gr.Accordion("Create a study", open=False):
+                with gr.Row():
+                    st_id = gr.Textbox(label="Study id", placeholder="galaxy-mos-1", elem_id="st_id")
+                    st_domain = gr.Textbox(label="Domain", value="galaxy", elem_id="st_domain")
+                    st_n = gr.Number(value=50, precision=0, label="Items per source (paper: 50 + 50)", elem_id="st_n")
+                    st_repeat = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Repeated fraction", elem_id="st_repeat")
+                with gr.Row():
+                    st_gen = gr.Dropdown([], multiselect=True, label="Generated sets", elem_id="st_gen")
+                    st_real = gr.Dropdown([], label="Real reference dataset", elem_id="st_real")
+                st_instr = gr.Textbox(label="Instructions for raters", lines=2,
+                                      value="Rate how realistic each image looks as real data of this domain (5 Excellent ... 1 Bad).")
+                st_btn = gr.Button("Create study", variant="primary", elem_id="st_btn")
+                st_note = gr.Markdown(elem_id="st_note")
+
+        # ---- events
+        load_outputs = [key, owner, jobs, dataset, diag_run, gen_run, generated, study, rater, res_study, st_gen, st_real, jobs_seen, runs, cancel_pick]
+        demo.load(on_load, [key, prefs], load_outputs).then(
+            service.model_summary, model, model_info).then(
+            on_rate_resume, prefs, [rate_image, rate_progress, instructions, position, shown_ms])
+        model.change(service.model_summary, model, model_info)
+        diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
+        timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen],
+                   [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, diag_seen, *diag_outputs],
+                   concurrency_limit=None, show_progress="hidden")
+        cancel_btn.click(on_cancel, [owner, cancel_pick], [cancel_note, jobs])
+
+        dataset.change(on_dataset, [owner, dataset], [preview, data_report, invert_dataset])
+        up_btn.click(on_upload, [owner, uploads, up_name, up_shared], [dataset, preview, data_report])
+        invert_btn.click(on_invert, [owner, dataset, model, t_end, steps, batch, run_name], [invert_note, jobs])
+
+        for control in (diag_run, diag_ref):
+            control.change(on_diag_show, [owner, diag_run, diag_ref], [diag_seen, *diag_outputs])
+        diag_btn.click(on_diag_start, [owner, diag_run, diag_ref], [diag_note, jobs])
+        sweep_btn.click(lambda o, r, f: on_diag_start(o, r, f, sweep=True), [owner, diag_run, diag_ref], [diag_note, jobs])
+
+        gen_run.change(on_gen_run, [owner, gen_run], [thumbs, i, j])
+        thumbs.select(on_pick, [owner, pick_next], [i, j, pick_next, pick_note])
+        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed]
+        for control in (alpha, i, j, eta, method, seed):
+            control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")
+        strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method], strip)
+        gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim, gen_name],
+                      [gen_note, jobs])
+        generated.change(on_generated, [owner, generated], gen_gallery)
+        dl_btn.click(on_download, [owner, generated], dl_file)
+
+        rate_outputs = [rate_image, rate_progress, instructions, position, shown_ms]
+        rate_start.click(on_rate_start, [study, rater, prefs], [*rate_outputs, prefs])
+        for btn, s in zip(score_btns, (5, 4, 3, 2, 1)):
+            btn.click(rate_handler(s), [study, rater, position, shown_ms, comment], [*rate_outputs, comment])
+
+        res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_raters, res_plot])
+        export_btn.click(on_export, [token, res_study], export_files)
+        st_btn.click(on_create_study, [owner, token, st_id, st_domain, st_gen, st_real, st_n, st_instr, st_repeat],
+                     [st_note, study, res_study])
     return demo
 
 
 demo = build()
 
 if __name__ == "__main__":
-    demo.launch(css=CSS, max_file_size="200mb")
+    limits = service.backend().limits
+    demo.queue(default_concurrency_limit=2).launch(
+        css=CSS, max_file_size=f"{limits.max_upload_mb}mb", ssr_mode=False,
+        blocked_paths=[str(service.backend().ws.home)],  # the workspace is never served as files; the app returns copies
+    )

@@ -431,6 +431,15 @@ def _encode_row(cells: Sequence[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+def write_ratings(path: str | Path, rows: Iterable[Rating]) -> Path:
+    """A ratings CSV (header + ``rows``) written atomically, e.g. one study's rows for export."""
+    from .latents import atomic_write
+
+    data = _encode_row(CSV_COLUMNS) + b"".join(_encode_row(r.cells()) for r in rows)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class _Scan:
     rows: tuple[Rating, ...]  # the good rows

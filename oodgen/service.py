@@ -1,125 +1,532 @@
-"""Plain-value operations behind the web app: datasets, inversion, decoding a pair at alpha.
+"""Plain-value operations behind the web app: datasets, jobs, runs, diagnostics, generation, MOS.
 
-Each function takes and returns plain values (samples, tensors, uint8 arrays, strings) so that
-``app.py`` only wires widgets to them. Loaded models are shared on purpose: they are frozen and
-read-only, and loading one takes seconds.
+``app.py`` wires widgets to these functions; they take and return plain values (strings, uint8
+arrays, plotly figures, DataFrames, file paths) and raise :class:`UserError` (or another
+``ValueError``) with a message written for the person at the keyboard. The :class:`Backend`
+(workspace + job queue) is shared by all users on purpose: there is one disk and one accelerator;
+what a user sees is filtered by their owner id.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
+import os
+import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
-from . import engine
-from .bundled import SAMPLE_SETS
+from . import ratings, tasks
 from .config import DDIMSettings, GenerationSettings
-from .data import LoadReport, Sample, Stretch, fit_stretch, load_paths, preview, to_model_input, to_uint8_rgb
-from .models import FrozenDDPM, load_model
+from .data import LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
+from .jobs import ACTIVE, Job, JobQueue
+from .models import FrozenDDPM
 from .sampling import interpolate, interpolation_strip
+from .workspace import Workspace, WorkspaceError, check_name, owner_from_key, owner_from_login
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[tuple[str, str], FrozenDDPM] = {}
-_MODELS_LOCK = threading.Lock()
-
 DISPLAY_SIDE = 192  # pixels of a displayed sample (small models are upscaled with nearest neighbour)
+THUMB_SIDE = 64  # pixels of a thumbnail
+get_model = tasks.get_model
 
 
-def get_model(name: str, device: str = "auto") -> FrozenDDPM:
-    """A loaded model, cached per (name, device) for the life of the process."""
-    key = (name, device)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(name, device=device)
-        return _MODELS[key]
+class UserError(ValueError):
+    """Bad input from the page: the message names the problem and the fix."""
 
 
-def model_summary(model: FrozenDDPM) -> str:
-    """One Markdown line: resolution, parameters, device."""
-    i = model.info()
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        log.warning("%s=%r is not a whole number; using %d", name, raw, default)
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits, from the environment so a deployment can change them."""
+
+    max_upload_mb: int = field(default_factory=lambda: _env_int("OODGEN_MAX_UPLOAD_MB", 200))  # per file (enforced by Gradio)
+    max_files: int = field(default_factory=lambda: _env_int("OODGEN_MAX_FILES", 500))  # files per upload
+    max_images: int = field(default_factory=lambda: _env_int("OODGEN_MAX_IMAGES", 5000))  # samples per dataset
+    max_generate: int = field(default_factory=lambda: _env_int("OODGEN_MAX_GENERATE", 1000))  # samples per generated set
+
+
+@dataclass
+class Backend:
+    """The workspace and the job queue of this process."""
+
+    ws: Workspace
+    jobs: JobQueue
+    limits: Limits
+
+
+_BACKEND: Optional[Backend] = None
+_BACKEND_LOCK = threading.Lock()
+
+
+def backend() -> Backend:
+    """The process-wide backend, made on first use from ``$OODGEN_HOME`` (resumes unfinished jobs)."""
+    global _BACKEND
+    with _BACKEND_LOCK:
+        if _BACKEND is None:
+            ws = Workspace()
+            _BACKEND = Backend(ws, JobQueue(ws, tasks.RUNNERS), Limits())
+            log.info("workspace: %s", ws.home)
+        return _BACKEND
+
+
+def owner_for(browser_key: Optional[str], username: Optional[str] = None) -> str:
+    """The owner id of a visitor: their Hugging Face login when there is one, else their browser key."""
+    return owner_from_login(username) if username else owner_from_key(browser_key)
+
+
+# ---------------------------------------------------------------- models
+def model_summary(name: str) -> str:
+    """One Markdown line: resolution, parameters, device; or why the model cannot be loaded."""
+    try:
+        i = get_model(name).info()
+    except Exception as e:  # loading errors are written for people (offline hub, bad folder, ...)
+        return f"**Cannot load {html.escape(str(name))}**: {e}"
     return f"**{i['name']}**: {i['resolution']}x{i['resolution']} px, {i['parameters'] / 1e6:.2f}M parameters, on {i['device']} ({i['dtype']})"
 
 
-def load_dataset(bundled: Optional[str], uploads: Sequence[str | Path] = ()) -> LoadReport:
-    """Samples of a bundled set (by key) and/or uploaded files (paths); bad files land in ``errors``."""
-    paths: list[str | Path] = list(uploads)
-    if bundled:
-        if bundled not in SAMPLE_SETS:
-            raise ValueError(f"unknown sample set {bundled!r}; choose one of {', '.join(SAMPLE_SETS)}")
-        paths.insert(0, SAMPLE_SETS[bundled].path)
-    if not paths:
-        raise ValueError("no data chosen: pick a bundled sample set or upload files")
-    return load_paths(paths)
-
-
-def errors_markdown(report: LoadReport) -> str:
-    """A short Markdown report of what loaded and what was skipped."""
-    lines = [f"Loaded **{len(report.samples)}** samples" + (f" ({report.samples[0].kind})" if report.samples else "") + "."]
-    if report.errors:
-        lines.append(f"Skipped **{len(report.errors)}** file(s):")
-        lines += [f"- `{name}`: {msg}" for name, msg in report.errors[:50]]
-    return "\n".join(lines)
-
-
+# ---------------------------------------------------------------- data
 def upscale(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [side, side, 3] by pixel repetition (no invented detail)."""
+    """uint8 [H, W, 3] -> uint8 [k H, k W, 3], k = side // max(H, W), by pixel repetition (no invented detail)."""
     k = max(1, side // max(rgb.shape[:2]))
     return np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
 def gallery(samples: Sequence[Sample], limit: int = 60) -> list[tuple[np.ndarray, str]]:
-    """(uint8 image, caption) pairs for a preview gallery; physical data share one fitted stretch."""
+    """(uint8 image, caption) pairs for a preview; physical data share one fitted per-band asinh stretch."""
     if not samples:
         return []
     stretch = fit_stretch(samples) if samples[0].kind == "physical" else None
     return [(upscale(preview(s, stretch), 128), s.name) for s in samples[:limit]]
 
 
+def report_markdown(report: LoadReport, title: str = "") -> str:
+    """What loaded and what was skipped, per file."""
+    s = report.samples
+    head = f"{title}: " if title else ""
+    lines = [f"{head}Loaded **{len(s)}** samples" + (f" ({s[0].kind}{', ' + s[0].unit if s[0].unit else ''})" if s else "") + "."]
+    if report.errors:
+        lines.append(f"Skipped **{len(report.errors)}** file(s); the others were kept:")
+        lines += [f"- `{html.escape(name)}`: {html.escape(msg)}" for name, msg in report.errors[:50]]
+        if len(report.errors) > 50:
+            lines.append(f"- ... and {len(report.errors) - 50} more")
+    return "\n".join(lines)
+
+
+def dataset_choices(owner: str) -> list[tuple[str, str]]:
+    return tasks.dataset_refs(backend().ws, owner)
+
+
+def show_dataset(owner: str, ref: str) -> tuple[list, str]:
+    """(gallery, report) of a bundled or saved dataset."""
+    if not ref:
+        raise UserError("pick a dataset from the list, or upload files")
+    report, name = tasks.load_dataset(backend().ws, ref, owner)
+    return gallery(report.samples), report_markdown(report, name)
+
+
+def upload_dataset(owner: str, name: str, files: Sequence[str], shared: bool = False) -> tuple[str, list, str]:
+    """Read uploaded files, keep the good ones as a new dataset: (dataset id, gallery, report)."""
+    limits = backend().limits
+    files = [f for f in (files or []) if f]
+    if not files:
+        raise UserError("no files chosen: drop images, FITS, .npy/.npz files or a zip on the upload box")
+    if len(files) > limits.max_files:
+        raise UserError(f"{len(files)} files is more than this app takes at once ({limits.max_files}); zip them, or raise OODGEN_MAX_FILES")
+    report = load_paths(files, max_files=limits.max_images)
+    if not report.samples:
+        raise UserError(report_markdown(report) + "\n\nNone of the files held a usable image; see the reasons above.")
+    if len(report.samples) > limits.max_images:
+        raise UserError(f"the upload holds {len(report.samples)} images, more than {limits.max_images}; split it, or raise OODGEN_MAX_IMAGES")
+    try:
+        rec = tasks.save_dataset(backend().ws, owner, name or Path(files[0]).stem, files, report, shared=shared)
+    except WorkspaceError as e:
+        raise UserError(str(e)) from None
+    return rec.id, gallery(report.samples), report_markdown(report, rec.name) + f"\n\nSaved as dataset **{html.escape(rec.name)}**" + (" (shared with all users)." if shared else " (only you see it).")
+
+
+# ---------------------------------------------------------------- jobs
+def _label(job: Job) -> str:
+    return html.escape(job.label)
+
+
+def _eta(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "ETA -"
+    s = int(round(seconds))
+    return f"ETA {s // 60}:{s % 60:02d}"
+
+
+def jobs_html(owner: str, limit: int = 6) -> str:
+    """Progress bars of the owner's latest jobs (HTML; safe: user text is escaped)."""
+    b = backend()
+    jobs = b.jobs.jobs(owner)[:limit]
+    if not jobs:
+        return "<div class='oodgen-jobs'><i>No jobs yet. Start an inversion in the Invert tab.</i></div>"
+    rows = []
+    for j in jobs:
+        pct = int(100 * j.fraction)
+        if j.status == "queued":
+            pos = b.jobs.position(j.id)
+            detail = f"queued, {pos - 1} job(s) ahead" if pos else "queued"
+        elif j.status == "running":
+            unit = "image-steps" if j.kind in ("invert", "generate") else "units"
+            detail = f"{j.done:,} / {j.total:,} {unit} · {pct}% · {_eta(j.eta_s)} · {html.escape(j.stage)}" if j.total else html.escape(j.stage)
+        else:
+            detail = html.escape(j.message)
+        bar = f"<progress max='100' value='{pct if j.status != 'queued' else 0}'></progress>" if j.status in ACTIVE or j.status == "done" else ""
+        rows.append(f"<div class='oodgen-job' data-status='{j.status}' id='job-{j.id}'><b>{_label(j)}</b> "
+                    f"<span class='oodgen-status'>[{j.status}]</span> {bar} <span class='oodgen-detail'>{detail}</span></div>")
+    return "<div class='oodgen-jobs'>" + "".join(rows) + "</div>"
+
+
+def active_jobs(owner: str) -> list[tuple[str, str]]:
+    """(label, id) of the owner's queued or running jobs."""
+    return [(f"{j.label} [{j.status}]", j.id) for j in backend().jobs.jobs(owner) if j.status in ACTIVE]
+
+
+def cancel_job(owner: str, job_id: Optional[str]) -> str:
+    if not job_id:
+        raise UserError("no job chosen: pick a running or queued job to cancel")
+    try:
+        job = backend().jobs.cancel(job_id, owner)
+    except KeyError as e:
+        raise UserError(str(e)) from None
+    return f"Asked job **{_label(job)}** to stop."
+
+
+def jobs_stamp(owner: str) -> str:
+    """Changes whenever one of the owner's jobs changes state (cheap; for deciding to refresh lists)."""
+    return "|".join(f"{j.id}:{j.status}" for j in backend().jobs.jobs(owner))
+
+
+def start_invert(owner: str, dataset_ref: str, model_name: str, settings: DDIMSettings, name: str = "") -> Job:
+    """Queue an inversion and return at once."""
+    if not dataset_ref:
+        raise UserError("no dataset chosen: pick one in the Data tab first")
+    ws = backend().ws
+    if not dataset_ref.startswith("bundled:"):
+        ws.get("datasets", dataset_ref, owner)  # exists and is visible to this owner
+    if name:
+        check_name(name, "run name")
+    model = get_model(model_name)  # fails here, with the loading message, rather than in the job
+    ds = dataset_ref.split(":", 1)[1] if dataset_ref.startswith("bundled:") else ws.get("datasets", dataset_ref, owner).name
+    label = f"invert {ds} with {model.name} (t={settings.t_end}, {settings.steps} steps)"
+    return backend().jobs.submit("invert", owner, label, {"dataset": dataset_ref, "model": model_name,
+                                                           "settings": settings.to_json(), "name": name})
+
+
+# ---------------------------------------------------------------- runs
+def run_choices(owner: str) -> list[tuple[str, str]]:
+    return [(f"{r.label()} · {r.meta.get('model')} t={r.meta['settings']['t_end']}", r.id) for r in backend().ws.list("runs", owner)]
+
+
+def runs_table(owner: str) -> pd.DataFrame:
+    rows = [{"run": r.name, "dataset": r.meta.get("dataset_name"), "samples": r.meta.get("n"), "model": r.meta.get("model"),
+             "t_end": r.meta["settings"]["t_end"], "steps": r.meta["settings"]["steps"], "created (UTC)": r.created}
+            for r in backend().ws.list("runs", owner)]
+    return pd.DataFrame(rows, columns=["run", "dataset", "samples", "model", "t_end", "steps", "created (UTC)"])
+
+
+def _run(owner: str, run_id: Optional[str]):
+    if not run_id:
+        raise UserError("no run chosen: invert a dataset first (Invert tab), then pick its run")
+    try:
+        return backend().ws.get("runs", run_id, owner)
+    except WorkspaceError as e:
+        raise UserError(str(e)) from None
+
+
+_LATENTS: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+_LATENTS_LOCK = threading.Lock()
+
+
+def _latents(owner: str, run_id: str) -> tuple[torch.Tensor, Any]:
+    """A run's latents, from a small in-memory cache (runs never change once written)."""
+    rec = _run(owner, run_id)
+    with _LATENTS_LOCK:
+        if rec.id not in _LATENTS:
+            _LATENTS[rec.id] = tasks.run_latents(backend().ws, rec.id, owner)[0]
+            while len(_LATENTS) > 8:
+                _LATENTS.popitem(last=False)
+        _LATENTS.move_to_end(rec.id)
+        return _LATENTS[rec.id], rec
+
+
+def run_thumbnails(owner: str, run_id: str) -> list[tuple[np.ndarray, str]]:
+    rec = _run(owner, run_id)
+    thumbs = np.load(rec.root / tasks.THUMBS)
+    names = rec.meta.get("names", [])
+    return [(upscale(t, THUMB_SIDE), f"{k}: {names[k] if k < len(names) else ''}") for k, t in enumerate(thumbs)]
+
+
+def run_size(owner: str, run_id: str) -> int:
+    return int(_run(owner, run_id).meta["n"])
+
+
+# ---------------------------------------------------------------- diagnostics
+def start_diagnose(owner: str, run_id: str, reference: str, sweep: bool = False) -> Job:
+    rec = _run(owner, run_id)
+    if reference not in tasks.REFERENCES:
+        raise UserError(f"unknown ID reference {reference!r}; choose one of {', '.join(tasks.REFERENCES)}")
+    kind = "sweep" if sweep else "diagnose"
+    what = "t sweep" if sweep else "diagnostics"
+    return backend().jobs.submit(kind, owner, f"{what} of {rec.name} vs {reference}", {"run": rec.id, "reference": reference})
+
+
+def diagnostics_stamp(owner: str, run_id: Optional[str], reference: Optional[str]) -> str:
+    """Changes when the cached diagnostics of (run, reference) change; "" when there are none."""
+    if not run_id or not reference:
+        return ""
+    try:
+        folder = tasks.diagnostics_dir(_run(owner, run_id), reference)
+    except (UserError, WorkspaceError):
+        return ""
+    stamps = [f"{f.name}:{f.stat().st_mtime_ns}" for f in (folder / "report.json", folder / "sweep.json") if f.exists()]
+    return "|".join(stamps)
+
+
 @dataclass
-class InvertedSet:
-    """Latents of one dataset under one model and settings (kept in the user's session)."""
+class DiagnosticsView:
+    """What the Diagnostics tab shows for one (run, reference); None fields were not computed yet."""
 
-    latents: torch.Tensor  # [N, C, H, W] at settings.t_end
-    names: list[str]  # sample names, aligned with latents
-    kind: str  # image | physical
-    stretch: Optional[Stretch]  # physical data's stretch, None for images
-    model: str  # model name
-    settings: DDIMSettings  # t_end, steps, batch size used
-
-
-def invert_dataset(
-    model: FrozenDDPM, samples: Sequence[Sample], settings: DDIMSettings, progress: Optional[Callable[[int, int], None]] = None
-) -> InvertedSet:
-    """DDIM-invert ``samples`` with ``model``."""
-    if not samples:
-        raise ValueError("nothing to invert: load a dataset first")
-    x, stretch = to_model_input(samples, model.resolution, model.channels)
-    z = engine.invert(model, x, settings, progress=progress)
-    return InvertedSet(z, [s.name for s in samples], samples[0].kind, stretch, model.name, settings)
+    summary: str  # Markdown verdict
+    table: Optional[pd.DataFrame]  # Table-3 style rows
+    figures: dict  # name -> plotly figure (UMAP, Geometry, Radii)
+    recon: list  # gallery of (image, caption): original | reconstruction pairs
+    sweep_table: Optional[pd.DataFrame]
+    sweep_figure: Any
 
 
-def _decode(model: FrozenDDPM, inv: InvertedSet, z: torch.Tensor, eta: float, seed: int) -> list[np.ndarray]:
-    imgs = engine.denoise(model, z, inv.settings, eta=eta, seed=seed).clamp(-1, 1)
+def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView:
+    import plotly.io as pio
+
+    rec = _run(owner, run_id)
+    folder = tasks.diagnostics_dir(rec, reference)
+    view = DiagnosticsView("", None, {}, [], None, None)
+    if (folder / "report.json").exists():
+        rep = json.loads((folder / "report.json").read_text())
+        view.table = pd.DataFrame(json.loads((folder / "table.json").read_text()))
+        view.figures = {k: pio.from_json(json.dumps(v)) for k, v in json.loads((folder / "figures.json").read_text()).items()}
+        with np.load(folder / "recon.npz") as z:
+            view.recon = [(upscale(np.concatenate([o, np.full((o.shape[0], 2, 3), 255, np.uint8), r], axis=1), 256),
+                           f"{n}: MAE {m:.4f}") for o, r, m, n in zip(z["original"], z["reconstruction"], z["mae"], z["names"])]
+            mae = float(np.mean(z["mae"])) if len(z["mae"]) else float("nan")
+        sep = "**separable**" if rep["separable_by_criterion"] else "**not separable**"
+        view.summary = (f"Run **{html.escape(rec.name)}** (n = {rep['n_ood']}, d = {rep['d']:,}) against {html.escape(rep['id_source'])}: "
+                        f"centre distance {rep['center_distance']:.2f} vs d^¼ = {rep['d_quarter']:.2f} → {sep} by the paper's criterion "
+                        f"(same-Gaussian noise floor {rep['noise_floor']:.2f}); linear SVM test accuracy **{rep['svm_test_accuracy']:.3f}**; "
+                        f"reconstruction MAE of the pairs below {mae:.4f} ([0, 1] scale).")
+    if (folder / "sweep.json").exists():
+        sw = json.loads((folder / "sweep.json").read_text())
+        view.sweep_table = pd.DataFrame(sw["rows"]).round(4)
+        view.sweep_figure = pio.from_json(json.dumps(sw["figure"]))
+    return view
+
+
+# ---------------------------------------------------------------- generation
+def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int) -> list[np.ndarray]:
+    from . import engine
+
+    imgs = engine.denoise(model, z, tasks.run_settings(rec), eta=eta, seed=seed).clamp(-1, 1)
     return [upscale(a) for a in to_uint8_rgb(imgs)]
 
 
-def decode_pair(model: FrozenDDPM, inv: InvertedSet, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0) -> np.ndarray:
+def decode_pair(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0) -> np.ndarray:
     """The image decoded from Interp(x^i, x^j) at ``alpha``: uint8 [H', W', 3] for display."""
-    n = inv.latents.shape[0]
+    z, rec = _latents(owner, run_id)
+    n = z.shape[0]
     if not (0 <= i < n and 0 <= j < n):
-        raise ValueError(f"pick two samples between 0 and {n - 1}")
+        raise UserError(f"pick two samples between 0 and {n - 1}")
     GenerationSettings(method=method, alpha=alpha, eta=eta)  # validates
-    z = interpolate(inv.latents[i : i + 1], inv.latents[j : j + 1], alpha, method)
-    return _decode(model, inv, z, eta, seed)[0]
+    zi = interpolate(z[i : i + 1], z[j : j + 1], alpha, method)
+    return _decode(get_model(rec.meta["model"]), rec, zi, eta, seed)[0]
 
 
-def decode_strip(model: FrozenDDPM, inv: InvertedSet, i: int, j: int, k: int = 7, method: str = "slerp") -> list[np.ndarray]:
-    """k images along the interpolation path from sample i to sample j."""
-    z = interpolation_strip(inv.latents[i], inv.latents[j], k, method)
-    return _decode(model, inv, z, 0.0, 0)
+def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: str = "slerp") -> list[tuple[np.ndarray, str]]:
+    """k images along the interpolation path from sample i to sample j, captioned with alpha."""
+    z, rec = _latents(owner, run_id)
+    path = interpolation_strip(z[i], z[j], k, method)
+    imgs = _decode(get_model(rec.meta["model"]), rec, path, 0.0, 0)
+    return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, np.linspace(0, 1, k))]
+
+
+def start_generate(owner: str, run_id: str, n: int, name: str, settings: GenerationSettings) -> Job:
+    rec = _run(owner, run_id)
+    limit = backend().limits.max_generate
+    if not 1 <= int(n) <= limit:
+        raise UserError(f"N = {n}: generate between 1 and {limit} samples at once (OODGEN_MAX_GENERATE)")
+    if settings.method != "gaussian" and rec.meta["n"] < 2:
+        raise UserError("interpolation needs a run with at least 2 samples")
+    if name:
+        check_name(name, "name of the generated set")
+    label = f"generate {int(n)} from {rec.name} ({settings.method})"
+    return backend().jobs.submit("generate", owner, label, {"run": rec.id, "n": int(n), "name": name, "generation": settings.to_json()})
+
+
+def generated_choices(owner: str) -> list[tuple[str, str]]:
+    return [(f"{r.label()} · {r.meta.get('generation', {}).get('method')} from {r.meta.get('run_name')}", r.id)
+            for r in backend().ws.list("generated", owner)]
+
+
+def _generated(owner: str, gen_id: Optional[str]):
+    if not gen_id:
+        raise UserError("no generated set chosen: generate one first, then pick it")
+    try:
+        return backend().ws.get("generated", gen_id, owner)
+    except WorkspaceError as e:
+        raise UserError(str(e)) from None
+
+
+def generated_gallery(owner: str, gen_id: str, limit: int = 60) -> list[tuple[np.ndarray, str]]:
+    from PIL import Image
+
+    rec = _generated(owner, gen_id)
+    files = sorted((rec.root / "images").glob("*.png"))[:limit]
+    return [(upscale(np.asarray(Image.open(f).convert("RGB")), 128), f.stem) for f in files]
+
+
+def download_generated(owner: str, gen_id: str) -> str:
+    """Path of a zip of the set (in a private temp folder that Gradio may serve)."""
+    rec = _generated(owner, gen_id)
+    return str(tasks.zip_generated(rec, Path(tempfile.mkdtemp(prefix="oodgen-dl-"))))
+
+
+# ---------------------------------------------------------------- MOS: studies, rating, results
+def _home() -> Path:
+    return backend().ws.home
+
+
+def study_choices() -> list[str]:
+    return [s.study_id for s in ratings.list_studies(_home())]
+
+
+def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence[str], real_ref: str, n_per_source: int,
+                 instructions: str, repeat_fraction: float, display_size: int = 256) -> str:
+    """A blinded study from generated sets (as 'generated') and a dataset (as 'real'); returns a Markdown note."""
+    from .ratings import StudyItem
+
+    if not generated_ids:
+        raise UserError("pick at least one generated set")
+    if not real_ref:
+        raise UserError("pick the real reference dataset (e.g. bundled: galaxy)")
+    n = int(n_per_source)
+    if n < 1:
+        raise UserError("items per source must be at least 1")
+    items: list[StudyItem] = []
+    for gid in generated_ids:
+        rec = _generated(owner, gid)
+        files = sorted((rec.root / "images").glob("*.png"))
+        method = rec.meta.get("generation", {}).get("method", "")
+        items += [StudyItem(f, "generated", method, rec.meta.get("model", "")) for f in files[:n]]
+    if real_ref.startswith("bundled:"):
+        from .bundled import SAMPLE_SETS
+
+        folder = SAMPLE_SETS[real_ref.split(":", 1)[1]].path
+    else:
+        folder = backend().ws.get("datasets", real_ref, owner).root / "files"
+    real = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".fits", ".fit", ".npy"))
+    items += [StudyItem(f, "real") for f in real[:n]]
+    try:
+        study = ratings.create_study(_home(), (study_id or "").strip(), domain, items, instructions,
+                                     float(repeat_fraction), display_size=int(display_size))
+    except (ratings.RatingError, WorkspaceError) as e:
+        raise UserError(str(e)) from None
+    n_real = sum(e.source == "real" for e in study.items)
+    return (f"Created study **{study.study_id}**: {len(study.items)} items ({len(study.items) - n_real} generated, {n_real} real), "
+            f"{study.n_repeats} repeats per rater. Raters pick it in the Rate tab.")
+
+
+@dataclass(frozen=True)
+class RateView:
+    """What the Rate tab shows next."""
+
+    image: Optional[np.ndarray]  # the blinded item, large; None when done
+    progress: str  # "k / n"
+    position: int  # 1-based position of the item shown (0 when done)
+    instructions: str  # Markdown
+    done: bool
+
+
+def rate_view(study_id: str, rater: str) -> RateView:
+    """Start or resume ``rater``'s session in ``study_id`` at the first item they have not rated."""
+    from PIL import Image
+
+    if not study_id:
+        raise UserError("pick a study")
+    try:
+        session = ratings.start_or_resume(_home(), study_id, rater)
+    except ratings.RatingError as e:
+        raise UserError(str(e)) from None
+    item = session.current()
+    instr = session.study.instructions or f"Rate how realistic each {session.study.domain} image looks compared with real data."
+    if item is None:
+        k, n = session.progress
+        return RateView(None, f"{k} / {n}", 0, instr, True)
+    im = np.asarray(Image.open(item.image).convert("RGB"))
+    return RateView(upscale(im, 384), item.progress_text, item.position, instr, False)
+
+
+def submit_rating(study_id: str, rater: str, position: int, score: int, comment: str = "", response_ms: Optional[int] = None) -> None:
+    try:
+        ratings.start_or_resume(_home(), study_id, rater).rate(score, comment, response_ms, position=position)
+    except ratings.RatingError as e:
+        raise UserError(str(e)) from None
+
+
+def results(token: Optional[str], study_id: Optional[str] = None) -> tuple[pd.DataFrame, pd.DataFrame, str, Any]:
+    """(groups table, raters table, agreement line, score plot) for the study owner."""
+    if not ratings.is_admin(token):
+        raise UserError("the Results are for the study owner: enter the admin token (OODGEN_ADMIN_TOKEN of this deployment)")
+    path = ratings.default_ratings_path(_home())
+    rows = ratings.RatingsLog(path).read() if path.exists() else []
+    if study_id:
+        rows = [r for r in rows if r.study == study_id]
+    s = ratings.summarize(rows)
+    groups = pd.DataFrame([{**g.to_json(), "MOS ± std": g.mos_pm_std} for g in s.groups])
+    if not groups.empty:
+        groups = groups[["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "MOS ± std"]].round(3)
+    raters_df = pd.DataFrame([r.to_json() for r in s.raters]).round(3)
+    alpha = "n/a (needs 2 raters on common items)" if s.krippendorff_alpha is None else f"{s.krippendorff_alpha:.3f}"
+    note = f"**{s.n_ratings}** ratings" + (f" in study **{study_id}**" if study_id else "") + f"; Krippendorff's alpha (ordinal): **{alpha}**."
+    return groups, raters_df, note, ratings.score_distribution_figure(s)
+
+
+def export_results(token: Optional[str], study_id: Optional[str] = None) -> list[str]:
+    """Paths of groups.csv, raters.csv, summary.json and the raw ratings.csv (owner only)."""
+    if not ratings.is_admin(token):
+        raise UserError("the export is for the study owner: enter the admin token")
+    path = ratings.default_ratings_path(_home())
+    rows = ratings.RatingsLog(path).read() if path.exists() else []
+    if study_id:
+        rows = [r for r in rows if r.study == study_id]
+    s = ratings.summarize(rows)
+    out = Path(tempfile.mkdtemp(prefix="oodgen-mos-"))
+    tag = f"_{study_id}" if study_id else ""
+    (out / f"mos_groups{tag}.csv").write_text(s.to_csv("groups"), encoding="utf-8")
+    (out / f"mos_raters{tag}.csv").write_text(s.to_csv("raters"), encoding="utf-8")
+    (out / f"mos_summary{tag}.json").write_text(json.dumps(s.to_json(), indent=1), encoding="utf-8")
+    raw = out / f"ratings{tag}.csv"
+    ratings.write_ratings(raw, rows)
+    return [str(p) for p in sorted(out.iterdir())]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

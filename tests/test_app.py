@@ -7,12 +7,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, require_bundled_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+_HOME: dict = {}
+
+
+def server_home(server) -> Path:
+    """The OODGEN_HOME of the running test server."""
+    return Path(_HOME["home"])
 
 
 def _free_port() -> int:
@@ -26,7 +36,7 @@ def server(tmp_path_factory):
     require_bundled_model()
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "OODGEN_HOME": str(tmp_path_factory.mktemp("home")), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "OODGEN_HOME": str(_HOME.setdefault("home", tmp_path_factory.mktemp("home"))), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -68,32 +78,170 @@ def _shot(page, tmp_path, name: str) -> None:
     page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
 
 
-def test_load_invert_and_move_alpha(page, tmp_path):
-    page.get_by_text("oodgen-faces-32").first.wait_for(timeout=60_000)
-    page.get_by_role("button", name="Load data").click()
+def _number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def _wait_text(page, elem_id: str, text: str, timeout: float = 30_000) -> None:
+    """Wait until the element's visible text contains ``text`` (tables render cells twice, one hidden)."""
+    page.wait_for_function("([id, t]) => { const e = document.getElementById(id); return e && e.innerText.includes(t); }",
+                           arg=[elem_id, text], timeout=timeout)
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def test_open_page_shows_model_and_bundled_galaxies(page, tmp_path):
+    page.locator("#model_info").get_by_text("oodgen-faces-32").wait_for(timeout=60_000)
     page.locator("#data_report").get_by_text("Loaded 100 samples").wait_for(timeout=60_000)
     assert page.locator("#preview img").count() >= 20
     _shot(page, tmp_path, "data")
 
-    page.get_by_role("tab", name="Invert").click()
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("10")
-    steps.press("Enter")
-    page.get_by_role("button", name="Invert", exact=True).click()
-    page.locator("#invert_status").get_by_text("Inverted 100 samples").wait_for(timeout=180_000)
+
+def test_invert_in_background_with_progress(page, tmp_path):
+    _tab(page, "Invert")
+    _number(page, "steps", 20)
+    page.locator("#invert_btn").click()
+    page.locator("#invert_note").get_by_text("Queued").wait_for(timeout=30_000)
+    # the progress bar with step counts and an ETA, while it runs
+    page.locator("#jobs .oodgen-job[data-status=running] progress").wait_for(timeout=60_000)
+    page.locator("#jobs .oodgen-job[data-status=running]").get_by_text("image-steps").wait_for(timeout=60_000)
+    _shot(page, tmp_path, "invert_running")
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("inverted 100 samples").wait_for(timeout=240_000)
+    _wait_text(page, "runs", "galaxy t900")
     _shot(page, tmp_path, "invert")
 
-    page.get_by_role("tab", name="Generate").click()
-    alpha = page.locator("#alpha input[type=number]")
-    alpha.fill("0.3")
-    alpha.press("Enter")
+
+def test_diagnostics_table_and_umap(page, tmp_path):
+    _tab(page, "Diagnostics")
+    page.locator("#diag_run input").wait_for()
+    page.wait_for_function("() => document.querySelector('#diag_run input').value.includes('galaxy')", timeout=30_000)
+    page.locator("#diag_btn").click()
+    _wait_text(page, "diag_table", "Linear SVM test accuracy", 300_000)
+    page.locator("#diag_summary").get_by_text("linear SVM test accuracy").wait_for(timeout=30_000)
+    page.locator("#umap .js-plotly-plot").wait_for(timeout=60_000)
+    n_points = page.evaluate("() => document.querySelector('#umap .js-plotly-plot')._fullData.reduce((n, tr) => n + (tr._length || 0), 0)")
+    assert n_points >= 100 + 64  # the run's 100 OOD latents and the ID reference
+    _shot(page, tmp_path, "diagnostics")
+
+
+def test_alpha_slider_updates_image(page, tmp_path):
+    _tab(page, "Generate")
+    page.locator("#thumbs img").nth(50).wait_for(timeout=60_000)
+    page.locator("#thumbs img").nth(5).click()  # sample i
+    page.locator("#thumbs img").nth(40).click()  # sample j
+    page.wait_for_function("() => document.querySelector('#j input[type=number]').value === '40'", timeout=30_000)
+    _number(page, "alpha", 0.3)
     img = page.locator("#decoded img")
     img.wait_for(timeout=60_000)
     first = img.get_attribute("src")
-    alpha.fill("0.7")
-    alpha.press("Enter")
+    t0 = time.time()
+    _number(page, "alpha", 0.7)
     page.wait_for_function("(s) => { const i = document.querySelector('#decoded img'); return i && i.src !== s; }", arg=first, timeout=60_000)
-    strip_button = page.get_by_role("button", name="Interpolation strip i -> j")
-    strip_button.click()
+    print(f"alpha change to new image: {time.time() - t0:.2f} s")
+    page.get_by_role("button", name="Interpolation strip i -> j").click()
     page.locator("#strip img").nth(6).wait_for(timeout=60_000)
     _shot(page, tmp_path, "generate")
+
+
+def test_generate_set_and_download_zip(page, tmp_path):
+    _tab(page, "Generate")
+    _number(page, "gen_n", 8)
+    _fill(page, "gen_name", "browser set")
+    page.locator("#gen_btn").click()
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("generated 8 samples").wait_for(timeout=180_000)
+    page.wait_for_function("() => document.querySelector('#generated input').value.includes('browser set')", timeout=30_000)
+    page.locator("#gen_gallery img").nth(7).wait_for(timeout=60_000)
+    page.locator("#dl_btn").click()
+    link = page.locator("#dl_file a").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        link.click()
+    path = tmp_path / "set.zip"
+    dl.value.save_as(path)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert sum(n.endswith(".png") for n in names) == 8
+    assert any(n.endswith("generated.json") for n in names) and any(n.endswith("latents.safetensors") for n in names)
+    _shot(page, tmp_path, "generate_set")
+
+
+def test_job_survives_reload_and_can_be_cancelled(page, tmp_path):
+    _tab(page, "Invert")
+    _number(page, "steps", 200)
+    page.locator("#invert_btn").click()
+    page.locator("#jobs .oodgen-job[data-status=running]").wait_for(timeout=60_000)
+    page.reload()
+    running = page.locator("#jobs .oodgen-job[data-status=running]")
+    running.wait_for(timeout=60_000)  # found again after the reload (same browser, same owner)
+    assert "200 steps" in running.inner_text()
+    _choose(page, "cancel_pick", "invert galaxy")
+    page.get_by_role("button", name="Cancel job").click()
+    page.locator("#jobs .oodgen-job[data-status=cancelled]").wait_for(timeout=60_000)
+
+
+def test_other_browsers_do_not_see_my_runs(server, page):
+    ctx = page.context.browser.new_context()  # a second visitor: fresh local storage, so another owner
+    try:
+        other = ctx.new_page()
+        other.goto(server)
+        other.locator("#jobs").get_by_text("No jobs yet").wait_for(timeout=60_000)
+        other.get_by_role("tab", name="Generate", exact=True).click()
+        other.locator("#gen_run input").click()
+        other.wait_for_timeout(500)
+        assert other.get_by_role("option", name="galaxy").count() == 0
+    finally:
+        ctx.close()
+
+
+def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
+    _tab(page, "Results")
+    page.get_by_text("Create a study").click()
+    _fill(page, "st_id", "galaxy-mos")
+    _number(page, "st_n", 3)
+    _choose(page, "st_gen", "browser set")
+    page.keyboard.press("Escape")
+    _choose(page, "st_real", "bundled: galaxy")
+    _number(page, "st_repeat", 0)
+    page.locator("#st_btn").click()
+    page.locator("#st_note").get_by_text("Created study galaxy-mos").wait_for(timeout=60_000)
+
+    _tab(page, "Rate")
+    _fill(page, "rater", "=Dr Test")
+    _choose(page, "study", "galaxy-mos")
+    page.locator("#rate_start").click()
+    progress = page.locator("#rate_progress")
+    progress.get_by_text("1 / 6").wait_for(timeout=30_000)
+    page.locator("#rate_image img").wait_for(timeout=30_000)
+    _shot(page, tmp_path, "rate")
+    for k, score in enumerate((4, 3, 5), start=2):
+        page.locator(f"#score_{score}").click()
+        progress.get_by_text(f"{k} / 6").wait_for(timeout=30_000)
+    page.reload()  # half-way: the session resumes at item 4 without asking
+    _tab(page, "Rate")
+    page.locator("#rate_progress").get_by_text("4 / 6").wait_for(timeout=60_000)
+    for score in (2, 4, 1):
+        page.locator(f"#score_{score}").click()
+    page.locator("#rate_progress").get_by_text("all items rated").wait_for(timeout=30_000)
+
+    _tab(page, "Results")
+    page.locator("#res_btn").click()
+    page.locator("#res_note").get_by_text("6 ratings").wait_for(timeout=60_000)
+    _wait_text(page, "res_groups", "generated")
+    _shot(page, tmp_path, "results")
+    home = server_home(server)
+    rows = (home / "ratings" / "ratings.csv").read_text().splitlines()
+    assert rows[0] == "timestamp,study,rater,session,item,source,domain,method,model,score,repeat,response_ms,comment"
+    assert len(rows) == 7 and all(",'=Dr Test," in r for r in rows[1:])  # formula neutralized
