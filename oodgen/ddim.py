@@ -20,11 +20,18 @@ The grid is symmetric: inversion walks tau_0 -> tau_S and denoising walks tau_S 
 same timesteps, so with a noise predictor that is exact along the trajectory (the oracle in the
 tests) the round trip is exact. Schedule coefficients are computed in float64 as Python floats
 and applied to the float32 state; no clipping is ever applied.
+
+Device traffic: every step's coefficients are computed once, before the loop, as Python floats; they
+reach the kernels as scalar arguments, so the step loop builds no tensors from host values, makes no
+host-device copies and never synchronises (no ``.item()``/``float(tensor)``). The one exception is
+eta > 0 with a CPU generator (reproducible across devices): that step's noise is drawn on the host
+into pinned memory and copied asynchronously.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -85,6 +92,48 @@ def ddim_sigma(a_t: float, a_next: float, eta: float) -> float:
     return eta * math.sqrt((1.0 - a_next) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_next))
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The float64 scalars of one DDIM update from alpha_bar ``a_t`` to ``a_next`` (see the module docstring)."""
+
+    c_x: float  # 1 / sqrt(a_t): x0_hat = c_x x - c_eps_in eps
+    c_eps_in: float  # sqrt(1 - a_t) / sqrt(a_t)
+    c_x0: float  # sqrt(a_next): x_next = c_x0 x0_hat + c_eps_out eps + sigma z
+    c_eps_out: float  # sqrt(1 - a_next - sigma^2)
+    sigma: float  # DDIM sigma (0 for eta = 0)
+    sqrt_a_t: float  # sqrt(a_t), for re-deriving eps from a clipped x0_hat
+    sqrt_1m_a_t: float  # sqrt(1 - a_t)
+
+    @classmethod
+    def of(cls, a_t: float, a_next: float, eta: float = 0.0) -> "StepCoefficients":
+        sigma = ddim_sigma(a_t, a_next, eta)
+        return cls(
+            c_x=1.0 / math.sqrt(a_t),
+            c_eps_in=math.sqrt(1.0 - a_t) / math.sqrt(a_t),
+            c_x0=math.sqrt(a_next),
+            c_eps_out=math.sqrt(max(0.0, 1.0 - a_next - sigma**2)),
+            sigma=sigma,
+            sqrt_a_t=math.sqrt(a_t),
+            sqrt_1m_a_t=math.sqrt(1.0 - a_t),
+        )
+
+
+def _apply_step(
+    x: torch.Tensor, eps: torch.Tensor, c: StepCoefficients, noise: Optional[torch.Tensor] = None, clip_x0: bool = False
+) -> torch.Tensor:
+    """x_next [B, C, H, W] from x and eps [B, C, H, W]; host scalars only, no device sync."""
+    x0_hat = x * c.c_x - eps * c.c_eps_in
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps = (x - x0_hat * c.sqrt_a_t) / c.sqrt_1m_a_t
+    out = x0_hat * c.c_x0 + eps * c.c_eps_out
+    if c.sigma > 0.0:
+        if noise is None:
+            raise ValueError("eta > 0 needs a noise tensor")
+        out = out + noise * c.sigma
+    return out
+
+
 def ddim_step(
     x: torch.Tensor,
     eps: torch.Tensor,
@@ -99,24 +148,28 @@ def ddim_step(
     ``clip_x0`` clips x0_hat to [-1, 1] and re-derives eps from it (DDPM-style sampling from the
     prior only: it breaks the exact invertibility that inversion relies on, so it is off by default).
     """
-    sigma = ddim_sigma(a_t, a_next, eta)
-    c_x = 1.0 / math.sqrt(a_t)
-    c_eps_in = math.sqrt(1.0 - a_t) / math.sqrt(a_t)
-    c_eps_out = math.sqrt(max(0.0, 1.0 - a_next - sigma**2))
-    x0_hat = x * c_x - eps * c_eps_in
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
-        eps = (x - x0_hat * math.sqrt(a_t)) / math.sqrt(1.0 - a_t)
-    out = x0_hat * math.sqrt(a_next) + eps * c_eps_out
-    if sigma > 0.0:
-        if noise is None:
-            raise ValueError("eta > 0 needs a noise tensor")
-        out = out + noise * sigma
-    return out
+    return _apply_step(x, eps, StepCoefficients.of(a_t, a_next, eta), noise, clip_x0)
 
 
-def _alpha(alphas_cumprod: Sequence[float] | np.ndarray | torch.Tensor, t: int) -> float:
-    return float(alphas_cumprod[t])
+def _schedule(alphas_cumprod: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
+    """alpha_bar as a host float64 array (one copy before the loop if it lives on a device)."""
+    if isinstance(alphas_cumprod, torch.Tensor):
+        return alphas_cumprod.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(alphas_cumprod, dtype=np.float64)
+
+
+def _noise(shape: torch.Size, generator: Optional[torch.Generator], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise for one step, drawn where the generator lives (CPU by default).
+
+    Drawing on the CPU keeps results equal across devices; on CUDA the draw goes to pinned memory
+    and is copied asynchronously, so the host never waits for the device.
+    """
+    gen_device = generator.device if generator is not None else device
+    if gen_device.type == "cpu" and device.type == "cuda":
+        host = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        torch.randn(shape, generator=generator, out=host)
+        return host.to(device, dtype, non_blocking=True)
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
 
 
 def _check(cancel: Optional[Callable[[], bool]]) -> None:
@@ -143,11 +196,13 @@ def invert(
     """
     grid = _grid(t_end, steps, len(alphas_cumprod), grid)
     steps = len(grid) - 1
+    ab = _schedule(alphas_cumprod)
+    coeffs = [StepCoefficients.of(float(ab[t]), float(ab[t_next])) for t, t_next in zip(grid[:-1], grid[1:])]
     x = x0
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         _check(cancel)
         eps = eps_fn(x, t)
-        x = ddim_step(x, eps, _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_next))
+        x = _apply_step(x, eps, coeffs[i])
         if callback is not None:
             callback({"i": i + 1, "n": steps, "t": t_next, "x": x})
     return x
@@ -177,16 +232,15 @@ def denoise(
         raise ValueError(f"eta={eta} must be >= 0")
     grid = _grid(t_end, steps, len(alphas_cumprod), grid)
     steps = len(grid) - 1
-    x = x_t
+    ab = _schedule(alphas_cumprod)
     pairs = list(zip(grid[1:], grid[:-1]))[::-1]
+    coeffs = [StepCoefficients.of(float(ab[t]), float(ab[t_prev]), eta) for t, t_prev in pairs]
+    x = x_t
     for i, (t, t_prev) in enumerate(pairs):
         _check(cancel)
         eps = eps_fn(x, t)
-        noise = None
-        if eta > 0:  # drawn where the generator lives (CPU by default) so results match across devices
-            gen_device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(x.device, x.dtype)
-        x = ddim_step(x, eps, _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev), eta=eta, noise=noise, clip_x0=clip_x0)
+        noise = _noise(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+        x = _apply_step(x, eps, coeffs[i], noise=noise, clip_x0=clip_x0)
         if callback is not None:
             callback({"i": i + 1, "n": steps, "t": t_prev, "x": x})
     return x

@@ -129,3 +129,35 @@ def test_snapshots_on_a_custom_grid_equal_direct_inversions(images):
     assert (back - x).abs().max() < 1e-5
     with pytest.raises(ValueError, match="start at 0"):
         ddim.invert(eps_fn, x, AB, 0, 0, grid=[5, 10])
+
+
+def test_the_step_loop_makes_no_host_device_copies_or_syncs(images):
+    """Host-device traffic must not grow with the number of steps: no .item()/float(tensor), no .to() per step.
+
+    Recorded with a dispatch mode on CPU, with the schedule given as a tensor (as it would live on a
+    device): converting it once before the loop is the only copy allowed.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    ab = torch.tensor(AB)
+    eps_fn = lambda x, t: x * 0.1  # noqa: E731 - a torch-only noise predictor
+    traffic = {"aten._local_scalar_dense", "aten._to_copy", "aten.copy_", "aten.lift_fresh", "aten.scalar_tensor"}
+    counts = {}
+    for steps in (5, 20):
+        for name, run in (("invert", lambda: ddim.invert(eps_fn, images, ab, 900, steps)),
+                          ("denoise", lambda: ddim.denoise(eps_fn, images, ab, 900, steps))):
+            with Recorder() as rec:
+                run()
+            counts[name, steps] = sorted(op for op in rec.ops if op in traffic)
+    for name in ("invert", "denoise"):
+        assert counts[name, 5] == counts[name, 20], counts
+        assert "aten._local_scalar_dense" not in counts[name, 20] and len(counts[name, 20]) <= 1, counts
