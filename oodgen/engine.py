@@ -4,6 +4,9 @@ Glue between :mod:`oodgen.models` (the frozen net), :mod:`oodgen.ddim` (the math
 :mod:`oodgen.sampling` (new latents). Tensors in, tensors out, on CPU; the model's device is used
 inside. Long loops report ``progress(done, total)`` in image-steps (one image through one DDIM
 step) and stop with :class:`oodgen.ddim.Cancelled` when ``cancel()`` returns True.
+
+On CUDA the next batch is copied to the device (pinned memory, a side stream) while the current one
+runs, and the DDIM step loop itself never waits for the device (see :mod:`oodgen.ddim`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from . import ddim
 from .config import DDIMSettings, GenerationSettings
-from .models import FrozenDDPM
+from .models import FrozenDDPM, is_out_of_memory
 from .sampling import Draw, sample_latents
 
 log = logging.getLogger(__name__)
@@ -25,8 +28,34 @@ Progress = Callable[[int, int], None]
 """progress(done, total): image-steps done so far and in all."""
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+class _Stager:
+    """Puts batches of ``x`` on the model's device as float32.
+
+    On CUDA a batch goes through pinned host memory and is copied on a side stream, so staging batch
+    k + 1 overlaps the compute of batch k; :meth:`ready` makes the compute stream wait for the copy.
+    Elsewhere it is a plain ``.to`` (a view when ``x`` is already float32 on the device).
+    """
+
+    def __init__(self, x: torch.Tensor, device: torch.device) -> None:
+        self.x, self.device = x, device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        part = self.x[start:stop]
+        if self.stream is None:
+            return part.to(self.device, torch.float32)
+        host = part.to(torch.float32)
+        if host.device.type == "cpu":
+            host = host.pin_memory()
+        with torch.cuda.stream(self.stream):
+            return host.to(self.device, non_blocking=True)
+
+    def ready(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            batch.record_stream(current)  # allocated on the side stream, used on the compute stream
+        return batch
 
 
 def _run_batched(
@@ -39,7 +68,8 @@ def _run_batched(
 ) -> torch.Tensor:
     """Apply ``fn(batch_on_device, start, step_callback)`` over ``x`` [N, ...] in batches; results on CPU.
 
-    On out-of-memory the batch size is halved and the batch retried (down to 1).
+    On out-of-memory the batch size is halved and the batch retried (down to 1). The next batch is
+    staged on the device before waiting for the current result (overlapped on CUDA, see :class:`_Stager`).
     """
     n = x.shape[0]
     total = n * steps
@@ -47,9 +77,13 @@ def _run_batched(
     out: list[torch.Tensor] = []
     start = 0
     bs = max(1, batch_size)
+    stage = _Stager(x, model.device)
+    staged: Optional[tuple[int, int, torch.Tensor]] = None  # (start, size, batch) prefetched for the next round
     while start < n:
         b = min(bs, n - start)
-        batch = x[start : start + b].to(model.device, torch.float32, non_blocking=True)
+        batch = staged[2] if staged is not None and staged[:2] == (start, b) else stage(start, start + b)
+        staged = None
+        batch = stage.ready(batch)
         base = done
 
         def step_cb(info: dict, b: int = b, base: int = base) -> None:
@@ -59,16 +93,20 @@ def _run_batched(
         try:
             y = fn(batch, start, step_cb)
         except Exception as e:
-            if not _is_oom(e) or bs == 1:
+            if not is_out_of_memory(e) or bs == 1:
                 raise
             bs = max(1, b // 2)
             log.warning("out of memory at batch size %d; retrying with %d", b, bs)
+            del batch
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        out.append(y.to("cpu", torch.float32))
+        nxt = start + b
+        if nxt < n:  # queued now, so the copy runs while the device finishes this batch
+            staged = (nxt, min(bs, n - nxt), stage(nxt, nxt + min(bs, n - nxt)))
+        out.append(y.to("cpu", torch.float32))  # waits for this batch only
         done = base + b * steps
-        start += b
+        start = nxt
     return torch.cat(out) if out else x.new_zeros((0, *x.shape[1:]))
 
 
@@ -133,12 +171,12 @@ def _collect_snapshots(
 
         def record(info: dict) -> None:
             if info["t"] in wanted:
-                snaps[info["t"]] = info["x"].to("cpu", torch.float32)
+                snaps[info["t"]] = info["x"]  # kept on the device: no copy, no sync inside the step loop
             cb(info)
 
         walk(batch, record)
         for t in wanted:
-            parts[t].append(snaps[t])
+            parts[t].append(snaps[t].to("cpu", torch.float32))
         return batch[:, :0]  # nothing to concatenate: the snapshots are collected above
 
     _run_batched(fn, x, model, batch_size, n_steps, progress)

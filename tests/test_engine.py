@@ -148,3 +148,33 @@ def test_bfloat16_reconstruction_matches_float32_within_0_005():
         x, _ = to_model_input(samples, m.resolution, m.channels)
         maes[dtype] = engine.reconstruct(m, x, s).summary()["mae"]
     assert abs(maes["bfloat16"] - maes["float32"]) < 0.005, maes
+
+
+def test_each_batch_is_staged_once_and_the_next_one_before_the_current_result_is_read(monkeypatch):
+    """The prefetch order of _run_batched: batch k + 1 is put on the device before batch k's result is fetched."""
+    events: list[tuple] = []
+    real_stage = engine._Stager.__call__
+
+    def spy(self, start, stop):
+        events.append(("stage", start, stop))
+        return real_stage(self, start, stop)
+
+    monkeypatch.setattr(engine._Stager, "__call__", spy)
+
+    def fn(batch, start, cb):
+        events.append(("run", start, start + batch.shape[0]))
+        return batch * 2
+
+    y = engine._run_batched(fn, X.double(), model(), batch_size=4, steps=1, progress=None)
+    assert torch.equal(y, (X.double().float() * 2))
+    assert events == [("stage", 0, 4), ("run", 0, 4), ("stage", 4, 8), ("run", 4, 8), ("stage", 8, 10), ("run", 8, 10)]
+
+
+def test_a_prefetched_batch_is_restaged_after_an_out_of_memory_retry(monkeypatch):
+    want = engine.invert(model(), X, DDIMSettings(t_end=900, steps=3, batch_size=4))
+    staged: list[tuple[int, int]] = []
+    real_stage = engine._Stager.__call__
+    monkeypatch.setattr(engine._Stager, "__call__", lambda self, a, b: staged.append((a, b)) or real_stage(self, a, b))
+    got = engine.invert(model(Linear(max_batch=3)), X, DDIMSettings(t_end=900, steps=3, batch_size=4))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert staged == [(0, 4), (0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
