@@ -56,6 +56,9 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str] = "
     p.add_argument("--model-config", default=None, help="architecture of a raw ADM checkpoint: preset name or JSON file of its constructor arguments")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="UNet precision (default: float32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet: a one-off compile per batch shape, then faster steps on long runs "
+                        "(channels_last on CUDA); falls back to the plain forward with a warning where unavailable")
 
 
 def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
@@ -73,8 +76,9 @@ def _load_model(args: argparse.Namespace, meta: Optional[dict] = None):
     if args.model is None and meta is not None:
         if not meta.get("model"):
             raise CLIError("the latent file does not record its model; pass --model")
-        return load_model(meta["model"], device=args.device, dtype=args.dtype, model_config=args.model_config or meta.get("model_config"))
-    return load_model(args.model, device=args.device, dtype=args.dtype, model_config=args.model_config)
+        return load_model(meta["model"], device=args.device, dtype=args.dtype, model_config=args.model_config or meta.get("model_config"),
+                          compile=args.compile)
+    return load_model(args.model, device=args.device, dtype=args.dtype, model_config=args.model_config, compile=args.compile)
 
 
 def _portable(name: Optional[str]) -> Optional[str]:

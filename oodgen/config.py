@@ -57,3 +57,4 @@ class RuntimeSettings:
 
     device: str = "auto"  # auto (cuda, then mps, then cpu), or a torch device string
     dtype: str = "float32"  # float32 | bfloat16 | float16 for the UNet; schedule math stays float64
+    compile: bool = False  # torch.compile the UNet (channels_last on CUDA); plain forward where unavailable (ZeroGPU, OODGEN_NO_COMPILE=1)
