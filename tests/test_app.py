@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -245,3 +247,25 @@ def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
     rows = (home / "ratings" / "ratings.csv").read_text().splitlines()
     assert rows[0] == "timestamp,study,rater,session,item,source,domain,method,model,score,repeat,response_ms,comment"
     assert len(rows) == 7 and all(",'=Dr Test," in r for r in rows[1:])  # formula neutralized
+
+
+def test_no_outside_requests_and_workspace_files_are_not_served(server, page):
+    ctx = page.context.browser.new_context()
+    hosts = set()
+    try:
+        p = ctx.new_page()
+        p.on("request", lambda r: hosts.add(urllib.parse.urlparse(r.url).hostname))
+        p.goto(server)
+        p.locator("#model_info").get_by_text("oodgen-faces-32").wait_for(timeout=60_000)
+        p.wait_for_timeout(1500)
+    finally:
+        ctx.close()
+    assert hosts <= {"127.0.0.1", None}, hosts  # fonts, scripts, analytics: nothing from outside
+    home = server_home(server)
+    secrets_ = [home / "ratings" / "ratings.csv", next((home / "runs").glob("*/run.json"))]
+    for f in secrets_:
+        assert f.exists()
+        for url in (f"{server}gradio_api/file={f}", f"{server}file={f}"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url, timeout=10)
+            assert e.value.code in (403, 404)

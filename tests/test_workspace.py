@@ -1,0 +1,81 @@
+"""Workspace records: atomic creation, owner filtering, safe ids, damaged entries skipped."""
+
+import json
+
+import pytest
+
+from oodgen.workspace import Workspace, WorkspaceError, check_id, owner_from_key
+
+
+def _fill(tmp):
+    (tmp / "payload.txt").write_text("x")
+    return {"n": 3}
+
+
+def test_create_list_get_and_owner_filtering(tmp_path):
+    ws = Workspace(tmp_path)
+    a = ws.create("runs", "galaxies t900", "anon-a", _fill)
+    b = ws.create("runs", "dust", "anon-b", _fill)
+    shared = ws.create("datasets", "public set", "anon-b", _fill, shared=True)
+    assert [r.id for r in ws.list("runs", "anon-a")] == [a.id]
+    assert {r.id for r in ws.list("runs")} == {a.id, b.id}
+    assert [r.id for r in ws.list("datasets", "anon-a")] == [shared.id]  # shared sets are listed to everyone
+    assert ws.get("runs", a.id, "anon-a").meta["n"] == 3
+    assert (a.root / "payload.txt").read_text() == "x"
+    with pytest.raises(WorkspaceError, match="pick one from the list"):
+        ws.get("runs", b.id, "anon-a")  # someone else's run
+    # a restarted app (new Workspace object) lists the same records
+    assert {r.id for r in Workspace(tmp_path).list("runs")} == {a.id, b.id}
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "", "A" * 3, "x" * 81, ".hidden", None, "a b"])
+def test_ids_that_could_escape_are_refused(tmp_path, bad):
+    ws = Workspace(tmp_path)
+    with pytest.raises(WorkspaceError):
+        ws.get("runs", bad)
+    with pytest.raises(WorkspaceError):
+        check_id(bad)
+
+
+def test_crash_while_writing_leaves_nothing_listed(tmp_path):
+    ws = Workspace(tmp_path)
+
+    def crash(tmp):
+        (tmp / "latents.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ws.create("runs", "doomed", "anon-a", crash)
+    assert ws.list("runs") == []
+    assert list((tmp_path / "runs").iterdir()) == []  # the temp folder was removed too
+    # what a hard kill leaves (a hidden temp folder, a folder without manifest, a damaged manifest) is skipped
+    (tmp_path / "runs" / ".x-1.tmp").mkdir()
+    (tmp_path / "runs" / "nomanifest").mkdir()
+    (tmp_path / "runs" / "damaged").mkdir()
+    (tmp_path / "runs" / "damaged" / "run.json").write_text("{not json")
+    good = ws.create("runs", "good", "anon-a", _fill)
+    assert [r.id for r in ws.list("runs")] == [good.id]
+
+
+def test_names_are_validated(tmp_path):
+    ws = Workspace(tmp_path)
+    for bad, msg in [("", "empty"), ("a/b", "slashes"), ("x" * 61, "at most"), ("bell\x07", "control")]:
+        with pytest.raises(WorkspaceError, match=msg):
+            ws.create("runs", bad, "anon-a", _fill)
+
+
+def test_update_and_delete(tmp_path):
+    ws = Workspace(tmp_path)
+    r = ws.create("generated", "set", "anon-a", _fill)
+    assert ws.update("generated", r.id, shared=True).shared
+    assert json.loads((r.root / "generated.json").read_text())["shared"] is True
+    ws.delete("generated", r.id, "anon-a")
+    assert ws.list("generated") == []
+
+
+def test_owner_ids_do_not_reveal_the_browser_key():
+    key = "0123456789abcdef0123456789abcdef"
+    owner = owner_from_key(key)
+    assert owner.startswith("anon-") and key not in owner and owner == owner_from_key(key)
+    with pytest.raises(WorkspaceError):
+        owner_from_key("short")
