@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,6 +34,52 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def run(
+    n: int = 1000,
+    d: int = 196_608,
+    seed: int = 0,
+    shift: float = 2.0,
+    ood_scale: float = 1.05,
+    with_umap: bool = True,
+    html: Optional[str] = None,
+    log=print,
+) -> dict:
+    """Generate the data, time oodgen.diagnostics.diagnose and the HTML report; returns the figures.
+
+    ``peak_bytes`` is the process's peak resident memory so far (ru_maxrss), data included.
+    """
+    log(f"oodgen diagnostics benchmark: n_id = n_ood = {n}, d = {d:,}, seed {seed}, "
+        f"OOD shift {shift} d^(1/4), OOD scale {ood_scale}, "
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    t = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    x_id = torch.randn(n, d, generator=g, dtype=torch.float32)
+    x_ood = torch.randn(n, d, generator=g, dtype=torch.float32)
+    u = torch.randn(d, generator=g, dtype=torch.float32)
+    x_ood.mul_(ood_scale).add_(u * (shift * d**0.25 / u.norm()))
+    data_s = time.perf_counter() - t
+    log(f"data generation (not timed): {data_s:.1f} s, {2 * n * d * 4 / 1e9:.2f} GB float32, "
+        f"peak RSS so far {peak_rss_bytes() / 1e9:.2f} GB")
+
+    last = {"stage": None}
+
+    def progress(stage: str, frac: float) -> None:
+        if stage != last["stage"]:
+            last["stage"] = stage
+            log(f"  [{frac * 100:5.1f} %] {stage}")
+
+    t = time.perf_counter()
+    rep = D.diagnose(x_ood, x_id, "prior N(0, I)", seed=seed, with_umap=with_umap, progress=progress)
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    path = Path(html) if html else Path(tempfile.mkdtemp(prefix="oodgen-bench-")) / "report.html"
+    D.write_html_report(rep, path)
+    html_s = time.perf_counter() - t
+    return {"n": n, "d": d, "seed": seed, "data_s": data_s, "data_bytes": 2 * n * d * 4, "total_s": total,
+            "timings": {k: v for k, v in rep.timings.items() if k != "total"}, "html_s": html_s, "html": str(path),
+            "html_bytes": path.stat().st_size, "peak_bytes": peak_rss_bytes(), "report": rep.to_json()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="latents per set (ID and OOD)")
@@ -43,45 +90,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-umap", action="store_true")
     ap.add_argument("--html", type=str, default=None, help="where to write the HTML report (default: a temp file)")
     args = ap.parse_args(argv)
-    n, d = args.n, args.d
-
-    print(f"oodgen diagnostics benchmark: n_id = n_ood = {n}, d = {d:,}, seed {args.seed}, "
-          f"OOD shift {args.shift} d^(1/4), OOD scale {args.ood_scale}, "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-    t = time.perf_counter()
-    g = torch.Generator().manual_seed(args.seed)
-    x_id = torch.randn(n, d, generator=g, dtype=torch.float32)
-    x_ood = torch.randn(n, d, generator=g, dtype=torch.float32)
-    u = torch.randn(d, generator=g, dtype=torch.float32)
-    x_ood.mul_(args.ood_scale).add_(u * (args.shift * d**0.25 / u.norm()))
-    data_s = time.perf_counter() - t
-    print(f"data generation (not timed): {data_s:.1f} s, {2 * n * d * 4 / 1e9:.2f} GB float32, "
-          f"peak RSS so far {peak_rss_bytes() / 1e9:.2f} GB")
-
-    last = {"stage": None}
-
-    def progress(stage: str, frac: float) -> None:
-        if stage != last["stage"]:
-            last["stage"] = stage
-            print(f"  [{frac * 100:5.1f} %] {stage}", flush=True)
-
-    t = time.perf_counter()
-    rep = D.diagnose(x_ood, x_id, "prior N(0, I)", seed=args.seed, with_umap=not args.no_umap, progress=progress)
-    total = time.perf_counter() - t
-    t = time.perf_counter()
-    html = Path(args.html) if args.html else Path(tempfile.mkdtemp(prefix="oodgen-bench-")) / "report.html"
-    D.write_html_report(rep, html)
-    html_s = time.perf_counter() - t
-    peak = peak_rss_bytes()
+    r = run(args.n, args.d, args.seed, args.shift, args.ood_scale, not args.no_umap, args.html)
+    total, peak, html = r["total_s"], r["peak_bytes"], Path(r["html"])
 
     print("\nstage times (s):")
-    for k, v in rep.timings.items():
-        if k != "total":
-            print(f"  {k:<12} {v:7.2f}")
+    for k, v in r["timings"].items():
+        print(f"  {k:<12} {v:7.2f}")
     print(f"  {'total':<12} {total:7.2f}   (diagnose)")
-    print(f"  {'html':<12} {html_s:7.2f}   ({html}, {html.stat().st_size / 1e6:.1f} MB; not in the target)")
+    print(f"  {'html':<12} {r['html_s']:7.2f}   ({html}, {r['html_bytes'] / 1e6:.1f} MB; not in the target)")
 
-    js = rep.to_json()
+    js = r["report"]
     print("\nresults (OOD vs ID):")
     print(f"  pair angle   {js['pair_angle_deg']['mean']:.3f} ± {js['pair_angle_deg']['std']:.3f} deg "
           f"(ID {js['id']['pair_angle_deg']['mean']:.3f} ± {js['id']['pair_angle_deg']['std']:.3f}; "
@@ -102,7 +120,7 @@ def main(argv=None) -> int:
     print("\ntargets:")
     print(f"  time   {total:7.2f} s  / {TARGET_S:.0f} s   = {total / TARGET_S:.2f}  {'PASS' if ok_t else 'FAIL'}")
     print(f"  memory {peak / 1e9:7.2f} GB / {TARGET_BYTES / 1e9:.2f} GB = {peak / TARGET_BYTES:.2f}  "
-          f"{'PASS' if ok_m else 'FAIL'}  (peak RSS, includes the {2 * n * d * 4 / 1e9:.2f} GB of data)")
+          f"{'PASS' if ok_m else 'FAIL'}  (peak RSS, includes the {r['data_bytes'] / 1e9:.2f} GB of data)")
     return 0 if (ok_t and ok_m) else 1
 
 

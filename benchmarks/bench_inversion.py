@@ -1,24 +1,33 @@
-"""Inversion throughput of oodgen against the plain approach a user would write, same model and inputs.
+"""Inversion throughput of oodgen (plain and torch.compile'd) against the per-image loop a user would write.
 
     python benchmarks/bench_inversion.py                       # bundled 32x32 model on CPU
     python benchmarks/bench_inversion.py --arch church256 --n 64 --steps 20 --device cuda --dtype bfloat16
+    python benchmarks/bench_inversion.py --arch church256 --n 64 --steps 20 --device cuda --compile-mode reduce-overhead
 
-The plain approach: a per-image, unbatched float32 loop of the same DDIM update (eps evaluated at the
-lower timestep, as the paper's code does), calling the diffusers UNet once per step. Both produce
-latents from the same images; the script checks they agree (max abs difference, float32 within 1e-4)
-and prints image-steps per second for each and their ratio. On CUDA it also prints the achieved
-TFLOP/s from the measured FLOPs of one forward pass.
+Three variants invert the same images with the same weights:
+    plain loop       per image, unbatched, float32, one diffusers UNet call per step (eps at the lower
+                     timestep, as the paper's code does)
+    oodgen           engine.invert: batched, --dtype
+    oodgen --compile engine.invert on the torch.compile'd UNet (--compile-backend/--compile-mode; channels_last on
+                     CUDA). Its compile time (first call per batch shape, with an empty inductor cache unless
+                     --warm-cache) is printed apart from its steady-state throughput, with the break-even point.
+After warm-ups the variants run in --repeats interleaved rounds; each one's best (least disturbed) run is
+reported, with the range. Prints image-steps per second, the ratios, and the max abs latent difference between variants
+(float32: within 1e-4). On CUDA it also prints the achieved TFLOP/s from the measured FLOPs of one forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,7 +36,7 @@ import torch  # noqa: E402
 
 from oodgen import ddim, engine  # noqa: E402
 from oodgen.config import DDIMSettings  # noqa: E402
-from oodgen.models import FrozenDDPM, load_model, resolve_device  # noqa: E402
+from oodgen.models import DTYPES, FrozenDDPM, load_model, resolve_device  # noqa: E402
 from oodgen.schedule import linear_alphas_cumprod  # noqa: E402
 
 CHURCH_256 = dict(  # google/ddpm-ema-church-256's UNet2DModel config (random weights: speed only)
@@ -36,6 +45,21 @@ CHURCH_256 = dict(  # google/ddpm-ema-church-256's UNet2DModel config (random we
     up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
 )
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU model from /proc/cpuinfo, with the core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def plain_inversion(unet: torch.nn.Module, x: torch.Tensor, ab, t_end: int, steps: int) -> torch.Tensor:
@@ -67,7 +91,149 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
+    """(result, wall time in s) of one run."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _models(arch: str, device: torch.device, dtype: str) -> tuple[torch.nn.Module, FrozenDDPM, FrozenDDPM]:
+    """(plain float32 UNet, oodgen model, oodgen model to compile): three copies of the same weights."""
+    if arch == "bundled":
+        return load_model(device=str(device)).unet, load_model(device=str(device), dtype=dtype), load_model(device=str(device), dtype=dtype)
+    from diffusers import UNet2DModel
+
+    plain = UNet2DModel(**CHURCH_256).eval().requires_grad_(False).to(device)
+    copies = []
+    for _ in range(2):
+        u = UNet2DModel(**CHURCH_256).eval().requires_grad_(False)
+        u.load_state_dict(plain.state_dict())
+        copies.append(FrozenDDPM(u.to(device, DTYPES[dtype]), linear_alphas_cumprod(), "church256-random", 256, 3, device, DTYPES[dtype]))
+    return plain, copies[0], copies[1]
+
+
+def run(
+    arch: str = "bundled",
+    n: int = 32,
+    steps: int = 20,
+    t_end: int = 900,
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str = "float32",
+    plain_n: Optional[int] = 8,
+    repeats: int = 3,
+    compile: bool = True,
+    compile_backend: str = "inductor",
+    compile_mode: Optional[str] = None,
+    warm_cache: bool = False,
+    log=print,
+) -> dict:
+    """Measure the three variants; returns the figures (rates in image-steps/s, times in s)."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    plain_unet, model, to_compile = _models(arch, dev, dtype)
+    res = model.resolution
+    x = torch.rand(n, 3, res, res, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = DDIMSettings(t_end=t_end, steps=steps, batch_size=batch_size)
+    one_step = DDIMSettings(t_end=t_end, steps=1, batch_size=batch_size)  # warm-up: the same batch shapes, 1 step
+    r: dict = {"arch": arch, "resolution": res, "n": n, "steps": steps, "t_end": t_end, "batch_size": batch_size,
+               "dtype": dtype, "device": str(dev), "device_name": device_name(dev), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "repeats": repeats}
+    log(f"inversion benchmark: {arch} {res}x{res}, {n} images x {steps} steps to t={t_end}, batch {batch_size}, "
+        f"{dtype}, on {r['device_name']} ({dev}), torch {torch.__version__}, {r['threads']} threads")
+
+    n_plain = min(plain_n or n, n)
+    variants = {  # name -> run(); timed in interleaved rounds, so a burst of load from elsewhere hits all of them
+        "plain": lambda: plain_inversion(plain_unet, x[:n_plain].to(dev), model.alphas_cumprod, t_end, steps).cpu(),
+        "oodgen": lambda: engine.invert(model, x, settings),
+    }
+    with torch.no_grad():  # warm-ups
+        plain_inversion(plain_unet, x[:1].to(dev), model.alphas_cumprod, t_end, 2)
+    engine.invert(model, x, one_step)
+    compile_s = 0.0
+    if compile:
+        import torch._inductor.config as inductor_config
+
+        cache = contextlib.nullcontext() if warm_cache else inductor_config.patch(force_disable_caches=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*force_disable_caches.*")  # "dynamo_pgo force disabled by ..."
+            t0 = time.perf_counter()
+            to_compile.compile(backend=compile_backend, mode=compile_mode)
+            with cache:
+                engine.invert(to_compile, x, one_step)  # compiles once per batch shape of the timed runs
+            sync(dev)
+            compile_s = time.perf_counter() - t0
+        variants["compiled"] = lambda: engine.invert(to_compile, x, settings)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    z: dict[str, torch.Tensor] = {}
+    for _ in range(max(1, repeats)):
+        for k, fn in variants.items():
+            with torch.no_grad():
+                z[k], t = _timed(fn, dev)
+            times[k].append(t)
+    work = {"plain": n_plain * steps, "oodgen": n * steps, "compiled": n * steps}
+    for k in variants:
+        r[k] = {"times": times[k], "rate": work[k] / min(times[k])}
+        log(f"  {k:8s}: {r[k]['rate']:8.1f} image-steps/s (best of {len(times[k])})")
+    r["plain"]["n"] = n_plain
+    r["oodgen"]["diff_vs_plain"] = (z["oodgen"][:n_plain] - z["plain"]).abs().max().item()
+    if compile:
+        rate = r["compiled"]["rate"]
+        compile_s = max(0.0, compile_s - n / rate)  # the warm-up's one step at steady-state speed is not compile time
+        gain = 1 / r["oodgen"]["rate"] - 1 / rate  # seconds saved per image-step
+        r["compiled"].update({
+            "backend": compile_backend, "mode": compile_mode, "active": to_compile.is_compiled, "cold_cache": not warm_cache,
+            "compile_s": compile_s, "break_even_image_steps": compile_s / gain if gain > 0 else None,
+            "diff_vs_plain": (z["compiled"][:n_plain] - z["plain"]).abs().max().item(),
+            "diff_vs_oodgen": (z["compiled"] - z["oodgen"]).abs().max().item(),
+        })
+
+    if dev.type == "cuda":
+        flops = forward_flops(plain_unet, res, dev)
+        best = max(r["oodgen"]["rate"], r.get("compiled", {}).get("rate", 0.0))
+        name = torch.cuda.get_device_name(dev)
+        peak = next((v for k, v in DENSE_BF16_PEAK_TFLOPS.items() if k in name), None)
+        r["gflop_per_image_step"] = flops / 1e9
+        r["tflops"] = flops * best / 1e12
+        r["peak_fraction"] = r["tflops"] / peak if peak else None
+    return r
+
+
+def _spread(times: list[float], work: int) -> str:
+    return f"{work / max(times):.1f}-{work / min(times):.1f}" if len(times) > 1 else f"{work / times[0]:.1f}"
+
+
+def print_report(r: dict) -> None:
+    n, steps = r["n"], r["steps"]
+    p, f, c = r["plain"], r["oodgen"], r.get("compiled")
+    tol = "float32: within 1e-4" if r["dtype"] == "float32" else "reduced precision: compare reconstruction MAE instead"
+    print(f"\nmodel {r['arch']} ({r['resolution']}x{r['resolution']}), {n} images x {steps} steps to t={r['t_end']}, "
+          f"device {r['device']} = {r['device_name']}, torch {r['torch']} ({r['threads']} threads); "
+          f"best of {r['repeats']} runs (range in brackets)")
+    print(f"plain per-image float32 loop : {p['rate']:9.1f} image-steps/s  [{_spread(p['times'], p['n'] * steps)}] ({p['n']} images)")
+    print(f"{'oodgen batched (' + r['dtype'] + ')':29s}: {f['rate']:9.1f} image-steps/s  [{_spread(f['times'], n * steps)}] (batch {r['batch_size']})")
+    if c:
+        state = "" if c["active"] else "  (compile unavailable here: this is the plain forward)"
+        print(f"oodgen --compile             : {c['rate']:9.1f} image-steps/s  [{_spread(c['times'], n * steps)}] "
+              f"(backend {c['backend']}, mode {c['mode'] or 'default'}){state}")
+        be = c["break_even_image_steps"]
+        print(f"compile time                 : {c['compile_s']:9.1f} s (first call per batch shape, "
+              f"{'cold' if c['cold_cache'] else 'warm'} inductor cache); pays off after "
+              + (f"{be:,.0f} image-steps" if be is not None else "never (not faster here)"))
+    print(f"speed-up oodgen / plain loop : {f['rate'] / p['rate']:.2f}x (target >= 3x on CPU)")
+    if c:
+        print(f"speed-up compiled / oodgen   : {c['rate'] / f['rate']:.2f}x; compiled / plain loop {c['rate'] / p['rate']:.2f}x")
+    print(f"max |latent difference|      : oodgen vs plain {f['diff_vs_plain']:.2e}"
+          + (f", compiled vs plain {c['diff_vs_plain']:.2e}, compiled vs oodgen {c['diff_vs_oodgen']:.2e}" if c else "") + f" ({tol})")
+    if "tflops" in r:
+        print(f"forward: {r['gflop_per_image_step']:.1f} GFLOP/image; achieved {r['tflops']:.1f} TFLOP/s"
+              + (f" = {r['peak_fraction']:.1%} of dense bf16 peak" if r["peak_fraction"] else ""))
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=["bundled", "church256"], default="bundled")
     p.add_argument("--n", type=int, default=32, help="images")
@@ -75,60 +241,19 @@ def main() -> None:
     p.add_argument("--t-end", type=int, default=900)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="oodgen's UNet precision")
-    p.add_argument("--plain-n", type=int, default=None, help="images for the plain loop (default: all); throughput is per image-step")
-    args = p.parse_args()
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-
-    if args.arch == "bundled":
-        model = load_model(device=str(device), dtype=args.dtype)
-        plain_unet = load_model(device=str(device)).unet
-    else:
-        from diffusers import UNet2DModel
-
-        plain_unet = UNet2DModel(**CHURCH_256).eval().requires_grad_(False).to(device)
-        fast = UNet2DModel(**CHURCH_256).eval().requires_grad_(False)
-        fast.load_state_dict(plain_unet.state_dict())
-        dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        model = FrozenDDPM(fast.to(device, dt), linear_alphas_cumprod(), "church256-random", 256, 3, device, dt)
-    res = model.resolution
-    x = torch.rand(args.n, 3, res, res, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
-
-    engine.invert(model, x[: min(2, args.n)], DDIMSettings(t_end=args.t_end, steps=2, batch_size=args.batch_size))  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    z_fast = engine.invert(model, x, settings)
-    sync(device)
-    t_fast = time.perf_counter() - t0
-
-    n_plain = args.plain_n or args.n
-    with torch.no_grad():
-        plain_inversion(plain_unet, x[:1].to(device), model.alphas_cumprod, args.t_end, 2)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        z_plain = plain_inversion(plain_unet, x[:n_plain].to(device), model.alphas_cumprod, args.t_end, args.steps).cpu()
-        sync(device)
-        t_plain = time.perf_counter() - t0
-
-    fast_rate = args.n * args.steps / t_fast
-    plain_rate = n_plain * args.steps / t_plain
-    diff = (z_fast[:n_plain] - z_plain).abs().max().item()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}")
-    print(f"model: {args.arch} ({res}x{res}), {args.n} images x {args.steps} steps to t={args.t_end}")
-    print(f"plain per-image float32 loop : {plain_rate:9.1f} image-steps/s  ({n_plain} images, {t_plain:.2f} s)")
-    print(f"oodgen batched ({args.dtype:8s})   : {fast_rate:9.1f} image-steps/s  (batch {args.batch_size}, {t_fast:.2f} s)")
-    print(f"speed-up: {fast_rate / plain_rate:.2f}x (target >= 3x on CPU); max |latent difference| = {diff:.2e} "
-          f"({'within' if diff <= 1e-4 else 'OUTSIDE'} 1e-4{'' if args.dtype == 'float32' else '; reduced precision, compare reconstruction MAE instead'})")
-    if device.type == "cuda":
-        flops = forward_flops(plain_unet, res, device)
-        tflops = flops * fast_rate / 1e12
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in DENSE_BF16_PEAK_TFLOPS.items() if k in name), None)
-        print(f"forward: {flops / 1e9:.1f} GFLOP/image; achieved {tflops:.1f} TFLOP/s" + (f" = {tflops / peak:.1%} of dense bf16 peak ({peak:.0f})" if peak else ""))
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="oodgen's UNet precision")
+    p.add_argument("--plain-n", type=int, default=8, help="images for the plain loop (throughput is per image-step; 0: all)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the best is reported")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
+    p.add_argument("--warm-cache", action="store_true", help="let inductor reuse its on-disk cache (compile time of a second run)")
+    args = p.parse_args(argv)
+    r = run(args.arch, args.n, args.steps, args.t_end, args.batch_size, args.device, args.dtype, args.plain_n or None,
+            args.repeats, not args.no_compile, args.compile_backend, args.compile_mode, args.warm_cache)
+    print_report(r)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
