@@ -103,6 +103,7 @@ def on_invert(owner, ref, model_name, t_end, steps, batch, name):
         job = service.start_invert(owner, ref, model_name, DDIMSettings(int(t_end), int(steps), int(batch)), (name or "").strip())
     except ValueError as e:
         raise _err(e) from None
+    service.run_in_request(job)
     return f"Queued **{job.label}**. Progress shows under *Jobs* above; you may close or reload the page.", service.jobs_html(owner)
 
 
@@ -140,6 +141,7 @@ def on_diag_start(owner, run_id, ref, sweep=False):
         job = service.start_diagnose(owner, run_id, ref, sweep)
     except ValueError as e:
         raise _err(e) from None
+    service.run_in_request(job)
     return f"Queued **{job.label}**; results appear here when it finishes.", service.jobs_html(owner)
 
 
@@ -186,6 +188,7 @@ def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, toleranc
         job = service.start_generate(owner, run_id, int(n), (name or "").strip(), settings)
     except ValueError as e:
         raise _err(e) from None
+    service.run_in_request(job)
     return f"Queued **{job.label}**; the set appears in the list below when it is done.", service.jobs_html(owner)
 
 

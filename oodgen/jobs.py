@@ -116,6 +116,7 @@ class JobQueue:
         self._queue: "queue.Queue[str]" = queue.Queue()
         self._idle = threading.Condition(self._lock)
         self._thread: Optional[threading.Thread] = None
+        self._run_lock = threading.Lock()  # one job at a time, whether from the worker or run_now
         self._load(resume)
         if start:
             self.start()
@@ -217,6 +218,18 @@ class JobQueue:
                 self._idle.wait(min(left, 0.5))
             return self._jobs[job_id]
 
+    def run_now(self, job_id: str) -> Job:
+        """Run a queued job in the calling thread (queue started with ``start=False``).
+
+        For ZeroGPU, where GPU calls must come from the request of a page event: the event that
+        submits a job runs it. Jobs still run one at a time.
+        """
+        with self._run_lock:
+            job = self.get(job_id)
+            if job.status == "queued":
+                self._run(job)
+            return job
+
     # ---------------------------------------------------------------- the worker
     def _work(self) -> None:
         while True:
@@ -224,7 +237,9 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is None or job.status != "queued":
                 continue
-            self._run(job)
+            with self._run_lock:
+                if job.status == "queued":
+                    self._run(job)
 
     def _run(self, job: Job) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ratings, tasks
+from . import ratings, tasks, zerogpu
 from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
@@ -82,7 +82,8 @@ def backend() -> Backend:
     with _BACKEND_LOCK:
         if _BACKEND is None:
             ws = Workspace()
-            _BACKEND = Backend(ws, JobQueue(ws, tasks.RUNNERS), Limits())
+            # on ZeroGPU no background thread may use the GPU: the page event that submits a job runs it (run_now)
+            _BACKEND = Backend(ws, JobQueue(ws, tasks.RUNNERS, start=not zerogpu.active()), Limits())
             log.info("workspace: %s", ws.home)
         return _BACKEND
 
@@ -210,6 +211,12 @@ def cancel_job(owner: str, job_id: Optional[str]) -> str:
     except KeyError as e:
         raise UserError(str(e)) from None
     return f"Asked job **{_label(job)}** to stop."
+
+
+def run_in_request(job: Job) -> None:
+    """On ZeroGPU, run a just-submitted job inside the page event that submitted it (else nothing to do)."""
+    if zerogpu.active():
+        backend().jobs.run_now(job.id)
 
 
 def jobs_stamp(owner: str) -> str:

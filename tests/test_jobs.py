@@ -115,3 +115,10 @@ def test_params_must_be_json(tmp_path):
         q.submit("count", "o", "x", {"n": threading.Lock()})
     with pytest.raises(ValueError, match="unknown job kind"):
         q.submit("nope", "o", "x", {})
+
+
+def test_run_now_runs_in_the_calling_thread_without_a_worker(tmp_path):
+    q = JobQueue(Workspace(tmp_path), RUNNERS, start=False)  # the ZeroGPU mode
+    job = q.submit("count", "o", "in request", {"n": 3})
+    assert q.get(job.id).status == "queued"
+    assert q.run_now(job.id).status == "done" and q.get(job.id).result == "made-3"

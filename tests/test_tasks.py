@@ -100,3 +100,28 @@ def test_diagnostics_are_cached_per_run_and_reference(tmp_path):
     x, _ = to_model_input(load_paths([SAMPLES / "faces_train"]).samples[:8], 32, 3)
     expected = engine.reconstruct(tasks.get_model("oodgen-faces-32"), x, SETTINGS).mae
     assert np.allclose(mae, expected.numpy(), atol=0.01)  # the same round trip (inputs were 8-bit thumbnails)
+
+
+def test_zerogpu_decorator_is_the_identity_without_spaces(monkeypatch):
+    from oodgen import zerogpu
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert not zerogpu.active()
+    f = lambda x: x + 1  # noqa: E731
+    assert zerogpu.gpu(30)(f) is f
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setitem(__import__("sys").modules, "spaces", None)  # not installed
+    assert not zerogpu.active() and zerogpu.gpu(30)(f) is f
+
+
+def test_zerogpu_decorates_with_spaces_gpu_when_on_zerogpu(monkeypatch):
+    import types
+
+    from oodgen import zerogpu
+
+    seen = []
+    fake = types.SimpleNamespace(GPU=lambda duration: (lambda fn: seen.append(duration) or (lambda *a: ("gpu", fn(*a)))))
+    monkeypatch.setitem(__import__("sys").modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    wrapped = zerogpu.gpu(120)(lambda x: x * 2)
+    assert seen == [120] and wrapped(4) == ("gpu", 8)
