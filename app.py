@@ -356,7 +356,7 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Generate"):
             gen_run = gr.Dropdown([], label="Run", elem_id="gen_run")
-            pick_note = gr.Markdown("Click a thumbnail for sample i, then another for sample j.")
+            pick_note = gr.Markdown("Click a thumbnail for sample i, then another for sample j.", elem_id="pick_note")
             thumbs = gr.Gallery(label="Inverted samples", columns=12, height=220, allow_preview=False, elem_classes="pixelated", elem_id="thumbs")
             with gr.Row():
                 i = gr.Slider(0, 1, value=0, step=1, label="Sample i", elem_id="i")
@@ -414,11 +414,11 @@ def build() -> gr.Blocks:
                 res_btn = gr.Button("Refresh results", variant="primary", elem_id="res_btn")
             res_note = gr.Markdown(elem_id="res_note")
             res_groups = gr.Dataframe(label="MOS per study, domain, method and source (95% CI, t distribution)", interactive=False, elem_id="res_groups")
-            res_plot = gr.Plot(label="Score distributions")
+            res_plot = gr.Plot(label="Score distributions", elem_id="res_plot")
             res_raters = gr.Dataframe(label="Raters: mean, consistency on repeats, straight-lining", interactive=False)
             with gr.Row():
                 export_btn = gr.Button("Export CSV + JSON")
-                export_files = gr.File(label="Exports", file_count="multiple")
+                export_files = gr.File(label="Exports", file_count="multiple", elem_id="export_files")
             with gr.Accordion("Create a study", open=False):
                 with gr.Row():
                     st_id = gr.Textbox(label="Study id", placeholder="galaxy-mos-1", elem_id="st_id")

@@ -143,6 +143,7 @@ def test_alpha_slider_updates_image(page, tmp_path):
     _tab(page, "Generate")
     page.locator("#thumbs img").nth(50).wait_for(timeout=60_000)
     page.locator("#thumbs img").nth(5).click()  # sample i
+    _wait_text(page, "pick_note", "Sample i = 5")
     page.locator("#thumbs img").nth(40).click()  # sample j
     page.wait_for_function("() => document.querySelector('#j input[type=number]').value === '40'", timeout=30_000)
     _number(page, "alpha", 0.3)
@@ -242,6 +243,9 @@ def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
     page.locator("#res_btn").click()
     page.locator("#res_note").get_by_text("6 ratings").wait_for(timeout=60_000)
     _wait_text(page, "res_groups", "generated")
+    page.locator("#res_plot .js-plotly-plot").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Export CSV + JSON").click()
+    _wait_text(page, "export_files", "mos_summary")
     _shot(page, tmp_path, "results")
     home = server_home(server)
     rows = (home / "ratings" / "ratings.csv").read_text().splitlines()
