@@ -252,13 +252,18 @@ def runs_table(owner: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "dataset", "samples", "model", "t_end", "steps", "created (UTC)"])
 
 
-def _run(owner: str, run_id: Optional[str]):
-    if not run_id:
-        raise UserError("no run chosen: invert a dataset first (Invert tab), then pick its run")
+def _record(kind: str, record_id: Optional[str], owner: str, none_chosen: str):
+    """The record ``record_id`` of ``kind`` visible to ``owner``; UserError(``none_chosen``) when none is picked."""
+    if not record_id:
+        raise UserError(none_chosen)
     try:
-        return backend().ws.get("runs", run_id, owner)
+        return backend().ws.get(kind, record_id, owner)
     except WorkspaceError as e:
         raise UserError(str(e)) from None
+
+
+def _run(owner: str, run_id: Optional[str]):
+    return _record("runs", run_id, owner, "no run chosen: invert a dataset first (Invert tab), then pick its run")
 
 
 _LATENTS: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -394,12 +399,7 @@ def generated_choices(owner: str) -> list[tuple[str, str]]:
 
 
 def _generated(owner: str, gen_id: Optional[str]):
-    if not gen_id:
-        raise UserError("no generated set chosen: generate one first, then pick it")
-    try:
-        return backend().ws.get("generated", gen_id, owner)
-    except WorkspaceError as e:
-        raise UserError(str(e)) from None
+    return _record("generated", gen_id, owner, "no generated set chosen: generate one first, then pick it")
 
 
 def generated_gallery(owner: str, gen_id: str, limit: int = 60) -> list[tuple[np.ndarray, str]]:
