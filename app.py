@@ -52,10 +52,11 @@ def on_load(key, prefs, profile: Optional[gr.OAuthProfile] = None):
     prefs = prefs or {}
     rater = (profile.username if profile else None) or prefs.get("rater") or ""
     studies = service.study_choices()
-    return (key, owner, service.jobs_html(owner), _dd(service.dataset_choices(owner), "bundled:galaxy"),
-            _dd(service.run_choices(owner)), _dd(service.run_choices(owner)), _dd(service.generated_choices(owner)),
+    datasets, runs, gens = service.dataset_choices(owner), service.run_choices(owner), service.generated_choices(owner)
+    return (key, owner, service.jobs_html(owner), _dd(datasets, "bundled:galaxy"),
+            _dd(runs), _dd(runs), _dd(gens),
             _dd(studies, keep=prefs.get("study")), rater, _dd([""] + studies, ""),
-            gr.Dropdown(choices=service.generated_choices(owner)), _dd(service.dataset_choices(owner), "bundled:galaxy"),
+            gr.Dropdown(choices=gens), _dd(datasets, "bundled:galaxy"),
             service.jobs_stamp(owner), service.runs_table(owner), gr.Dropdown(choices=service.active_jobs(owner), value=None))
 
 

@@ -233,8 +233,8 @@ def print_report(r: dict) -> None:
               + (f" = {r['peak_fraction']:.1%} of dense bf16 peak" if r["peak_fraction"] else ""))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_args(p: argparse.ArgumentParser) -> None:
+    """The inversion benchmark's options (shared with report.py)."""
     p.add_argument("--arch", choices=["bundled", "church256"], default="bundled")
     p.add_argument("--n", type=int, default=32, help="images")
     p.add_argument("--steps", type=int, default=20)
@@ -248,10 +248,19 @@ def main(argv=None) -> int:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
     p.add_argument("--warm-cache", action="store_true", help="let inductor reuse its on-disk cache (compile time of a second run)")
-    args = p.parse_args(argv)
-    r = run(args.arch, args.n, args.steps, args.t_end, args.batch_size, args.device, args.dtype, args.plain_n or None,
-            args.repeats, not args.no_compile, args.compile_backend, args.compile_mode, args.warm_cache)
-    print_report(r)
+
+
+def run_args(args: argparse.Namespace, log=None) -> dict:
+    """:func:`run` with the options of :func:`add_args`."""
+    kw = {} if log is None else {"log": log}
+    return run(args.arch, args.n, args.steps, args.t_end, args.batch_size, args.device, args.dtype, args.plain_n or None,
+               args.repeats, not args.no_compile, args.compile_backend, args.compile_mode, args.warm_cache, **kw)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    print_report(run_args(p.parse_args(argv)))
     return 0
 
 

@@ -83,16 +83,7 @@ def markdown(inv: dict, diag: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["bundled", "church256"], default="bundled")
-    ap.add_argument("--n", type=int, default=32, help="images to invert")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--plain-n", type=int, default=8, help="images for the per-image loop")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs)")
+    bench_inversion.add_args(ap)
     ap.add_argument("--diag-n", type=int, default=1000, help="latents per set for the diagnostics")
     ap.add_argument("--d", type=int, default=196_608, help="latent dimension for the diagnostics")
     ap.add_argument("--no-umap", action="store_true")
@@ -100,8 +91,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     diag = bench_diagnostics.run(n=args.diag_n, d=args.d, with_umap=not args.no_umap, log=_log)
-    inv = bench_inversion.run(args.arch, args.n, args.steps, 900, args.batch_size, args.device, args.dtype, args.plain_n,
-                              args.repeats, not args.no_compile, "inductor", args.compile_mode, False, log=_log)
+    inv = bench_inversion.run_args(args, log=_log)
     print(markdown(inv, diag))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import torch
 
 from . import ratings, tasks, zerogpu
 from .config import DDIMSettings, GenerationSettings
-from .data import LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
+from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
 from .models import FrozenDDPM
 from .sampling import interpolate, interpolation_strip
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DISPLAY_SIDE = 192  # pixels of a displayed sample (small models are upscaled with nearest neighbour)
 THUMB_SIDE = 64  # pixels of a thumbnail
 get_model = tasks.get_model
+STUDY_SUFFIXES = IMAGE_SUFFIXES + FITS_SUFFIXES + (".npy",)  # one image per file: what a study item can be
 
 
 class UserError(ValueError):
@@ -228,13 +229,10 @@ def start_invert(owner: str, dataset_ref: str, model_name: str, settings: DDIMSe
     """Queue an inversion and return at once."""
     if not dataset_ref:
         raise UserError("no dataset chosen: pick one in the Data tab first")
-    ws = backend().ws
-    if not dataset_ref.startswith("bundled:"):
-        ws.get("datasets", dataset_ref, owner)  # exists and is visible to this owner
+    ds = tasks.dataset_name(backend().ws, dataset_ref, owner)  # exists and is visible to this owner
     if name:
         check_name(name, "run name")
     model = get_model(model_name)  # fails here, with the loading message, rather than in the job
-    ds = dataset_ref.split(":", 1)[1] if dataset_ref.startswith("bundled:") else ws.get("datasets", dataset_ref, owner).name
     label = f"invert {ds} with {model.name} (t={settings.t_end}, {settings.steps} steps)"
     return backend().jobs.submit("invert", owner, label, {"dataset": dataset_ref, "model": model_name,
                                                            "settings": settings.to_json(), "name": name})
@@ -328,7 +326,7 @@ class DiagnosticsView:
 
 
 def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView:
-    import plotly.io as pio
+    import plotly.graph_objects as go
 
     rec = _run(owner, run_id)
     folder = tasks.diagnostics_dir(rec, reference)
@@ -336,7 +334,7 @@ def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView
     if (folder / "report.json").exists():
         rep = json.loads((folder / "report.json").read_text())
         view.table = pd.DataFrame(json.loads((folder / "table.json").read_text()))
-        view.figures = {k: pio.from_json(json.dumps(v)) for k, v in json.loads((folder / "figures.json").read_text()).items()}
+        view.figures = {k: go.Figure(v) for k, v in json.loads((folder / "figures.json").read_text()).items()}
         with np.load(folder / "recon.npz") as z:
             view.recon = [(upscale(np.concatenate([o, np.full((o.shape[0], 2, 3), 255, np.uint8), r], axis=1), 256),
                            f"{n}: MAE {m:.4f}") for o, r, m, n in zip(z["original"], z["reconstruction"], z["mae"], z["names"])]
@@ -349,7 +347,7 @@ def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView
     if (folder / "sweep.json").exists():
         sw = json.loads((folder / "sweep.json").read_text())
         view.sweep_table = pd.DataFrame(sw["rows"]).round(4)
-        view.sweep_figure = pio.from_json(json.dumps(sw["figure"]))
+        view.sweep_figure = go.Figure(sw["figure"])
     return view
 
 
@@ -449,7 +447,7 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
         folder = SAMPLE_SETS[real_ref.split(":", 1)[1]].path
     else:
         folder = backend().ws.get("datasets", real_ref, owner).root / "files"
-    real = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".fits", ".fit", ".npy"))
+    real = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in STUDY_SUFFIXES)
     items += [StudyItem(f, "real") for f in real[:n]]
     try:
         study = ratings.create_study(_home(), (study_id or "").strip(), domain, items, instructions,
@@ -498,15 +496,19 @@ def submit_rating(study_id: str, rater: str, position: int, score: int, comment:
         raise UserError(str(e)) from None
 
 
-def results(token: Optional[str], study_id: Optional[str] = None) -> tuple[pd.DataFrame, pd.DataFrame, str, Any]:
-    """(groups table, raters table, agreement line, score plot) for the study owner."""
+def _owner_ratings(token: Optional[str], study_id: Optional[str], refused: str) -> list:
+    """The ratings of ``study_id`` (all when empty), for the study owner only (UserError(``refused``) otherwise)."""
     if not ratings.is_admin(token):
-        raise UserError("the Results are for the study owner: enter the admin token (OODGEN_ADMIN_TOKEN of this deployment)")
+        raise UserError(refused)
     path = ratings.default_ratings_path(_home())
     rows = ratings.RatingsLog(path).read() if path.exists() else []
-    if study_id:
-        rows = [r for r in rows if r.study == study_id]
-    s = ratings.summarize(rows)
+    return [r for r in rows if r.study == study_id] if study_id else rows
+
+
+def results(token: Optional[str], study_id: Optional[str] = None) -> tuple[pd.DataFrame, pd.DataFrame, str, Any]:
+    """(groups table, raters table, agreement line, score plot) for the study owner."""
+    s = ratings.summarize(_owner_ratings(
+        token, study_id, "the Results are for the study owner: enter the admin token (OODGEN_ADMIN_TOKEN of this deployment)"))
     groups = pd.DataFrame([{**g.to_json(), "MOS ± std": g.mos_pm_std} for g in s.groups])
     if not groups.empty:
         groups = groups[["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "MOS ± std"]].round(3)
@@ -518,12 +520,7 @@ def results(token: Optional[str], study_id: Optional[str] = None) -> tuple[pd.Da
 
 def export_results(token: Optional[str], study_id: Optional[str] = None) -> list[str]:
     """Paths of groups.csv, raters.csv, summary.json and the raw ratings.csv (owner only)."""
-    if not ratings.is_admin(token):
-        raise UserError("the export is for the study owner: enter the admin token")
-    path = ratings.default_ratings_path(_home())
-    rows = ratings.RatingsLog(path).read() if path.exists() else []
-    if study_id:
-        rows = [r for r in rows if r.study == study_id]
+    rows = _owner_ratings(token, study_id, "the export is for the study owner: enter the admin token")
     s = ratings.summarize(rows)
     out = Path(tempfile.mkdtemp(prefix="oodgen-mos-"))
     tag = f"_{study_id}" if study_id else ""

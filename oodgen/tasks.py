@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import engine, zerogpu
+from .ddim import Cancelled
 from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, from_model_output, load_paths, to_model_input, to_uint8_rgb
@@ -55,15 +56,26 @@ def get_model(name: str, device: str = "auto", dtype: str = "float32") -> Frozen
 
 
 # ---------------------------------------------------------------- datasets
-def load_dataset(ws: Workspace, ref: str, owner: Optional[str]) -> tuple[LoadReport, str]:
-    """(the samples of dataset ``ref``, its display name); WorkspaceError for an unknown or foreign ref."""
+def _dataset(ws: Workspace, ref: str, owner: Optional[str]) -> tuple[Path, str]:
+    """(the folder of dataset ``ref``, its display name); WorkspaceError for an unknown or foreign ref."""
     if ref.startswith("bundled:"):
         key = ref.split(":", 1)[1]
         if key not in SAMPLE_SETS:
             raise WorkspaceError(f"unknown bundled set {key!r}; choose one of {', '.join(SAMPLE_SETS)}")
-        return load_paths([SAMPLE_SETS[key].path]), key
+        return SAMPLE_SETS[key].path, key
     rec = ws.get("datasets", ref, owner)
-    return load_paths([rec.root / "files"]), rec.name
+    return rec.root / "files", rec.name
+
+
+def dataset_name(ws: Workspace, ref: str, owner: Optional[str]) -> str:
+    """The display name of dataset ``ref`` (checks that it exists and that ``owner`` may use it)."""
+    return _dataset(ws, ref, owner)[1]
+
+
+def load_dataset(ws: Workspace, ref: str, owner: Optional[str]) -> tuple[LoadReport, str]:
+    """(the samples of dataset ``ref``, its display name); WorkspaceError for an unknown or foreign ref."""
+    folder, name = _dataset(ws, ref, owner)
+    return load_paths([folder]), name
 
 
 def save_dataset(ws: Workspace, owner: str, name: str, files: Sequence[str | Path], report: LoadReport, *, shared: bool = False) -> Record:
@@ -129,7 +141,7 @@ def run_invert(ctx: JobContext) -> str:
                 z = None
         if z is None:
             if ctx.cancelled():
-                raise engine.ddim.Cancelled()
+                raise Cancelled()
             ctx.progress(a * steps, total, stage)
             z = invert_chunk(model.name, x[a:b], settings.to_json(),
                              progress=(lambda d, t, a=a: ctx.progress(a * steps + d, total, stage)) if live else None,
@@ -176,13 +188,17 @@ def diagnostics_dir(rec: Record, reference: str) -> Path:
     return rec.root / "diagnostics" / reference
 
 
+def _id_images(model: FrozenDDPM, reference: str) -> Optional[torch.Tensor]:
+    """The in-domain images [N, C, H, W] of ``reference``, or None for the model's prior."""
+    if reference == "prior":
+        return None
+    return to_model_input(load_paths([SAMPLE_SETS[reference].path]).samples, model.resolution, model.channels)[0]
+
+
 def _id_reference(model: FrozenDDPM, reference: str, t_values: Sequence[int], settings: DDIMSettings, n_prior: int, progress):
     from .sweep import id_reference
 
-    x_id = None
-    if reference != "prior":
-        x_id, _ = to_model_input(load_paths([SAMPLE_SETS[reference].path]).samples, model.resolution, model.channels)
-    return id_reference(model, t_values, x_id=x_id, n_prior=n_prior, steps=settings.steps,
+    return id_reference(model, t_values, x_id=_id_images(model, reference), n_prior=n_prior, steps=settings.steps,
                         batch_size=settings.batch_size, progress=progress)
 
 
@@ -216,7 +232,7 @@ def run_diagnose(ctx: JobContext) -> str:
     refs, label = _id_reference(model, p["reference"], [t], settings, max(64, len(z)),
                                 lambda d, tot: ctx.progress(int(300 * d / max(tot, 1)), units, "ID reference latents"))
     if ctx.cancelled():
-        raise engine.ddim.Cancelled()
+        raise Cancelled()
     report = diagnostics.diagnose(z, refs[t], label, names_ood=rec.meta.get("names"), seed=0,
                                   progress=lambda stage, f: ctx.progress(300 + int(550 * f), units, f"diagnostics: {stage}"))
     # original-versus-reconstruction pairs: decode the first latents back and compare to their inputs
@@ -254,9 +270,7 @@ def run_sweep(ctx: JobContext) -> str:
     report, _ = load_dataset(ws, rec.meta["dataset"], ctx.job.owner)
     x, _ = to_model_input(report.samples, model.resolution, model.channels, run_stretch(rec))
     t_values = sorted({int(t) for t in p.get("t_values") or sweep.DEFAULT_T_VALUES})
-    x_id = None
-    if p["reference"] != "prior":
-        x_id, _ = to_model_input(load_paths([SAMPLE_SETS[p["reference"]].path]).samples, model.resolution, model.channels)
+    x_id = _id_images(model, p["reference"])
     half = {"ood": 0, "id": 500}
     rows, label = sweep.t_sweep(model, x, t_values, x_id=x_id, n_prior=max(64, len(x)) if x_id is None else 0,
                                 steps=settings.steps, batch_size=settings.batch_size,

@@ -24,10 +24,10 @@ import re
 import secrets
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +208,6 @@ class Workspace:
                 out.append(rec)
         return sorted(out, key=lambda r: (r.created, r.id), reverse=True)
 
-    def iter_all(self) -> Iterator[Record]:
-        for kind in KINDS:
-            yield from self.list(kind)
-
     # ---------------------------------------------------------------- jobs
     def job_path(self, job_id: str) -> Path:
         return self.home / "jobs" / f"{check_id(job_id, 'job id')}.json"
@@ -219,8 +215,3 @@ class Workspace:
     def job_dir(self, job_id: str) -> Path:
         return self.home / "jobs" / check_id(job_id, "job id")
 
-
-def as_dict(rec: Record) -> dict:
-    d = asdict(rec)
-    d["root"] = str(rec.root)
-    return d
