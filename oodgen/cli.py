@@ -39,6 +39,8 @@ def _progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None]
             return
         if bar is None:
             bar = tqdm(total=total, desc=desc, unit="img-step", file=sys.stderr, dynamic_ncols=True)
+        if bar.total != total:  # estimates get exact as work proceeds
+            bar.total = total
         bar.update(done - bar.n)
 
     try:
@@ -125,33 +127,82 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    """Under torchrun each rank inverts its batch-aligned shard and rank 0 writes the file (:mod:`oodgen.distributed`)."""
+    """Invert in checkpointed chunks of files (:mod:`oodgen.bulk`); under torchrun each rank takes a run of chunks.
+
+    Memory holds about two chunks, whatever the size of the data set; a rerun after a crash or Ctrl-C
+    resumes from ``<out>.parts``. Rank 0 streams every chunk, in input order, into ``--out``
+    (:mod:`oodgen.distributed`).
+    """
     import contextlib
     import io
 
-    from . import distributed, engine
-    from .latents import inversion_metadata, save_latents
+    from . import bulk, distributed, engine
+    from .data import list_files
+    from .latents import inversion_metadata, save_latents_from_parts
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
+    if args.chunk_size < 1:
+        raise CLIError(f"--chunk-size {args.chunk_size} must be at least 1")
     info = distributed.env_info()  # without torchrun: world_size 1, and nothing below changes anything
     args.device, args.quiet = distributed.local_device(args.device, info), args.quiet or not info.is_main
     with contextlib.nullcontext() if info.is_main else contextlib.redirect_stderr(io.StringIO()):
-        model, x, stretch, samples = _load_data_and_model(args)  # every rank reads all inputs (rank 0 reports)
+        listing = list_files(args.input, max_files=None)  # names only: nothing is read yet
+        for _, msg in listing.errors:
+            log.warning("%s", msg)
+        if not listing.files:
+            raise CLIError(f"no data files in {', '.join(map(str, args.input))}")
+        kind, stretch, note = bulk.probe(listing.files)  # bad input fails here, before the model loads
+        model = _load_model(args)
+    plan = bulk.BulkPlan(listing.files, kind, stretch, model.resolution, model.channels,
+                         settings_key=json.dumps([model.name, args.model_config, str(model.dtype), settings.t_end, settings.steps]),
+                         chunk_files=args.chunk_size)
+    store = bulk.ChunkStore(bulk.parts_dir(args.out))
+    chunks = plan.chunks
+    log.info("%d files in %d chunks of %d; checkpoints in %s", len(plan.files), len(chunks), plan.chunk_files, store.root)
     info = distributed.init_from_env(args.device)  # after the model load, see init_from_env
     try:
-        if not distributed.same_on_all_ranks([(s.name, s.sha256) for s in samples]):
-            raise CLIError("the ranks read different input files; every node must see the same --input data")
-        start, stop = distributed.shard_range(len(x), info.world_size, info.rank, settings.batch_size)
+        if not distributed.same_on_all_ranks([(name, path.stat().st_size) for name, path in plan.files]):
+            raise CLIError("the ranks see different input files; every node must see the same --input data")
+        start, stop = distributed.shard_range(len(chunks), info.world_size, info.rank, 1)
         with _progress_bar("invert", args.quiet) as update:
-            z = engine.invert(model, x[start:stop], settings, progress=update)
-        z = distributed.gather_to_rank0(z, len(x))  # None on ranks > 0: rank 0 alone writes the merged file
-        if z is not None:
-            meta = inversion_metadata(_portable(model.name), _portable(args.model_config), model.resolution, settings, samples, stretch)
+            try:
+                metas = bulk.invert_chunks(plan, range(start, stop), store, lambda x, cb: engine.invert(model, x, settings, progress=cb),
+                                           settings.steps, progress=update, readers=bulk.cpu_readers())
+            except KeyboardInterrupt:
+                print(f"oodgen: stopped; the chunks done so far are kept in {store.root}: run the same command again to resume", file=sys.stderr)
+                raise
+        everyone = distributed.gather_objects_to_rank0(metas)
+        owner = {k: r for r in range(info.world_size) for k in range(*distributed.shard_range(len(chunks), info.world_size, r, 1))}
+        if everyone is not None:  # rank 0: write the merged file, receiving the other ranks' chunks in order
+            metas = {k: m for part in everyone for k, m in part.items()}
+            sizes = [len(metas[k]["sources"]) for k in range(len(chunks))]
+            skipped = sum(len(metas[k]["errors"]) for k in range(len(chunks)))
+            if sum(sizes) == 0:
+                raise CLIError(f"no usable images in {', '.join(map(str, args.input))} ({skipped} skipped, see above)")
+            shape = (sum(sizes), model.channels, model.resolution, model.resolution)
+
+            def parts() -> Iterator:
+                for k in range(len(chunks)):
+                    if owner[k] == 0:
+                        yield from bulk.chunk_parts(plan, store, [k])
+                    elif sizes[k]:
+                        yield distributed.recv_on_rank0(owner[k], (sizes[k], *shape[1:]))
+
+            sources = [src for k in range(len(chunks)) for src in metas[k]["sources"]]
+            meta = inversion_metadata(_portable(model.name), _portable(args.model_config), model.resolution, settings, kind, sources, stretch)
             if info.world_size > 1:
                 meta["world_size"] = info.world_size
-            save_latents(args.out, z, meta)
-            print(f"wrote {len(samples)} latents {tuple(z.shape[1:])} at t={settings.t_end} to {args.out}", file=sys.stderr)
+            if note:
+                meta["stretch_note"] = note
+            save_latents_from_parts(args.out, parts(), shape, meta)
+            print(f"wrote {shape[0]} latents {shape[1:]} at t={settings.t_end} to {args.out}"
+                  + (f"; skipped {skipped} unusable files or samples (see above)" if skipped else ""), file=sys.stderr)
+        else:
+            for k in range(start, stop):
+                if metas[k]["sources"]:
+                    distributed.send_to_rank0(next(bulk.chunk_parts(plan, store, [k])))
         distributed.barrier()  # all ranks leave together, once the file is written
+        store.remove()
         return 0
     finally:
         distributed.cleanup()
@@ -331,6 +382,7 @@ def cmd_convert_adm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .bulk import CHUNK_FILES
 
     p = argparse.ArgumentParser(prog="python -m oodgen", description="New images of unseen domains from a frozen DDPM (DDIM inversion + latent sampling).")
     p.add_argument("--version", action="version", version=f"oodgen {__version__}")
@@ -348,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("invert", help="DDIM-invert images to latents (a .safetensors file)")
     s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders or zip archives (PNG/JPEG/TIFF/WebP, FITS, .npy/.npz)")
-    s.add_argument("--out", required=True, metavar="FILE.safetensors", help="latent file to write")
+    s.add_argument("--out", required=True, metavar="FILE.safetensors", help="latent file to write (checkpoints go to FILE.safetensors.parts/ meanwhile)")
+    s.add_argument("--chunk-size", type=int, default=CHUNK_FILES, metavar="FILES",
+                   help=f"files per checkpointed chunk, read ahead while the previous one inverts (default: {CHUNK_FILES})")
     _add_model_args(s)
     _add_ddim_args(s)
     s.set_defaults(func=cmd_invert)

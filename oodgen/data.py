@@ -337,7 +337,8 @@ def _read_pillow(data: bytes, name: str) -> np.ndarray:
     try:
         # Pillow raises DecompressionBombError beyond 2x Image.MAX_IMAGE_PIXELS while reading the header;
         # our MAX_PIXELS check (smaller by default) runs before any pixel data are decoded
-        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        Image.init()  # all plugins, once: lazy loading inside Image.open is not thread-safe (bulk reads files in threads)
+        im = Image.open(io.BytesIO(data), formats=[f for f in _PIL_FORMATS if f in Image.OPEN])  # Pillow 12 opens MPO via JPEG
         w, h = im.size
         _check_pixels(name, w * h, f"{w}x{h}")
         n_frames = getattr(im, "n_frames", 1)
@@ -352,6 +353,8 @@ def _read_pillow(data: bytes, name: str) -> np.ndarray:
         im = ImageOps.exif_transpose(im)
     except DataError:
         raise
+    except Image.UnidentifiedImageError:
+        raise _err(name, "is corrupt, or not a PNG, JPEG, TIFF or WebP image (its content matches none of them)", "re-export or re-download it") from None
     except Image.DecompressionBombError as e:
         raise _err(name, f"image exceeds the size limit (decompression-bomb protection: {e})", "crop or downsample it first") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt files
@@ -721,10 +724,10 @@ def load_file(path: str | Path) -> list[Sample]:
     return _load_disk_file(path, path.name, {})
 
 
-def _walk(root: Path, report: LoadReport, budget: int, max_files: int) -> list[tuple[str, Path]]:
+def _walk(root: Path, listing: FileList, budget: int | None, max_files: int | None) -> list[tuple[str, Path]]:
     """Data files and archives under ``root`` (sorted by relative path, hidden entries skipped) as (display name, path).
 
-    Raises DataError as soon as more than ``budget`` are found (``max_files`` minus those found before).
+    Raises DataError as soon as more than ``budget`` are found (``max_files`` minus those found before; None: no limit).
     """
     base = root.resolve().name or str(root)
     found: list[tuple[tuple[str, ...], Path]] = []
@@ -740,37 +743,53 @@ def _walk(root: Path, report: LoadReport, budget: int, max_files: int) -> list[t
             kind = _kind_of_suffix(suffix)
             manifest = _folder_manifest(folder, cache) if kind == "data" and suffix in IMAGE_SUFFIXES else None
             if kind == "other" or (manifest is not None and manifest.bands):
-                report.ignored.append("/".join((base, *rel)))
+                listing.ignored.append("/".join((base, *rel)))
                 continue
             found.append((rel, folder / fn))
-            if len(found) > budget:
+            if budget is not None and len(found) > budget:
                 raise _err(str(root), f"more than {max_files} data files in all", "pass a smaller folder, or raise max_files")
     found.sort(key=lambda t: t[0])
     return [("/".join((base, *rel)), p) for rel, p in found]
 
 
-def load_paths(paths: Sequence[str | Path], max_files: int = 10_000) -> LoadReport:
-    """Files, folders (recursive, sorted) and zip archives -> :class:`LoadReport`.
+@dataclass
+class FileList:
+    """What :func:`list_files` found, before anything is read."""
 
-    ``paths`` may also be a single path. Bad files never raise: they land in ``errors`` as (display name, message). Non-data files in
-    folders and archives (README.md, labels.csv, manifest.json, ...) land in ``ignored``. Raises
-    :class:`DataError` only if more than ``max_files`` data files are found (checked before reading).
+    files: list[tuple[str, Path]] = field(default_factory=list)  # (display name, path) of data files and archives, in reading order
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of paths that do not exist
+    ignored: list[str] = field(default_factory=list)  # non-data files in folders (README.md, labels.csv, ...)
+
+
+def list_files(paths: Sequence[str | Path] | str | Path, max_files: int | None = 10_000) -> FileList:
+    """Files and folders (recursive, sorted, hidden entries skipped) -> the data files to read, without reading them.
+
+    Raises :class:`DataError` if more than ``max_files`` data files are found (None: no limit).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    report = LoadReport()
-    jobs: list[tuple[str, Path]] = []
+    listing = FileList()
     for p in map(Path, paths):
+        budget = None if max_files is None else max_files - len(listing.files)
         if p.is_dir():
-            jobs += _walk(p, report, max_files - len(jobs), max_files)
+            listing.files += _walk(p, listing, budget, max_files)
         elif p.exists():
-            jobs.append((p.name, p))
+            listing.files.append((p.name, p))
         else:
-            report.errors.append((str(p), str(_err(str(p), "no such file or folder", "check the path"))))
-        if len(jobs) > max_files:
+            listing.errors.append((str(p), str(_err(str(p), "no such file or folder", "check the path"))))
+        if max_files is not None and len(listing.files) > max_files:
             raise _err(str(p), f"more than {max_files} data files given in all", "pass fewer files, or raise max_files")
+    return listing
+
+
+def read_files(files: Sequence[tuple[str, Path]], report: LoadReport | None = None) -> LoadReport:
+    """Read (display name, path) pairs from :func:`list_files` into ``report`` (a new one if None), in order.
+
+    Bad files never raise: they land in ``report.errors``. A ``manifest.json`` beside array files applies.
+    """
+    report = LoadReport() if report is None else report
     cache: dict[Path, _Manifest | None] = {}
-    for name, path in jobs:
+    for name, path in files:
         try:
             if _suffix(path.name) in ARCHIVE_SUFFIXES:
                 _load_zip(_read_path(path, name), name, report)
@@ -780,6 +799,19 @@ def load_paths(paths: Sequence[str | Path], max_files: int = 10_000) -> LoadRepo
                 report.samples.extend(_load_disk_file(path, name, cache))
         except DataError as e:
             report.errors.append((name, str(e)))
+    return report
+
+
+def load_paths(paths: Sequence[str | Path] | str | Path, max_files: int | None = 10_000) -> LoadReport:
+    """Files, folders (recursive, sorted) and zip archives -> :class:`LoadReport`.
+
+    ``paths`` may also be a single path. Bad files never raise: they land in ``errors`` as (display name, message). Non-data files in
+    folders and archives (README.md, labels.csv, manifest.json, ...) land in ``ignored``. Raises
+    :class:`DataError` only if more than ``max_files`` data files are found (checked before reading; None: no limit).
+    For data sets larger than memory see :mod:`oodgen.bulk`, which reads :func:`list_files` in chunks.
+    """
+    listing = list_files(paths, max_files)
+    report = read_files(listing.files, LoadReport(errors=list(listing.errors), ignored=list(listing.ignored)))
     log.info("loaded %d samples; %d files skipped, %d ignored", len(report.samples), len(report.errors), len(report.ignored))
     return report
 

@@ -2,13 +2,16 @@
 
 Nothing changes for a plain ``python -m oodgen invert``: without the environment that torchrun sets
 (``WORLD_SIZE`` > 1) :func:`init_from_env` initializes nothing and returns world_size 1, and the
-other helpers do nothing. Under torchrun every rank reads the whole input (names, hashes, pixels)
-and loads the model on its own device, inverts only its contiguous shard of the images (:func:`shard_range`), and rank 0 gathers
-the shards in input order (:func:`gather_to_rank0`) and alone writes the latent file, whose metadata
-is that of a single-process run plus ``"world_size"``. Shard boundaries are multiples of
-``--batch-size``, so every rank runs exactly the batches a single process would run: on the same
-hardware and software the merged latents are bit-identical to a single-process run (on GPUs: the
-same GPU model and deterministic kernels; oodgen keeps torch's default ``cudnn.benchmark = False``).
+other helpers do nothing. Under torchrun every rank lists the input files (names only), probes the
+data kind and stretch, loads the model on its own device, and inverts a contiguous run of the
+chunks of files of :mod:`oodgen.bulk` (:func:`shard_range` over chunks), checkpointing each chunk
+in ``<out>.parts``. Rank 0 then writes the latent file, streaming the chunks in input order: its own
+from disk, the others' sent over gloo (:func:`send_to_rank0`, :func:`recv_on_rank0`), one chunk in
+memory at a time. A chunk's batches depend only on its files, so on the same hardware and software
+the merged latents are bit-identical to a single-process run (on GPUs: the same GPU model and
+deterministic kernels; oodgen keeps torch's default ``cudnn.benchmark = False``); the metadata is
+that of a single-process run plus ``"world_size"``. A job that stopped resumes from the checkpoints
+when run again, with any number of ranks.
 
 One node with N GPUs (rank k uses ``cuda:k`` when ``--device`` is ``auto`` or ``cuda``)::
 
@@ -30,22 +33,24 @@ system the nodes share. To pin rank 0 to a given node use the static rendezvous 
         --nproc_per_node=8 -m oodgen invert --input /data/galaxies --out out/galaxies.safetensors
 
 Every node must see the same ``--input`` files (a shared file system or identical copies): the
-ranks compare the names and SHA-256 of what they read and stop with an error if they differ.
+ranks compare the names and sizes of the files they list and stop with an error if they differ;
+the sources' SHA-256 are recorded as the chunks are read.
 
 CPU-only (one process per core group, e.g. to test): ``OMP_NUM_THREADS=4 torchrun --standalone
 --nproc_per_node=2 -m oodgen invert ... --device cpu``. When torchrun is not on the PATH,
 ``python -m torch.distributed.run`` is the same program.
 
-Order of work in ``cmd_invert``: every rank reads the inputs and loads the model first (bad input
-fails at once, before any rendezvous), then joins the process group (:func:`init_from_env`), checks
-that all ranks read the same data, inverts its shard, and the ranks meet in the final gather and a
-barrier after rank 0 has written the file.
+Order of work in ``cmd_invert``: every rank lists the inputs, probes them and loads the model first
+(bad input fails at once, before any rendezvous), then joins the process group (:func:`init_from_env`),
+checks that all ranks list the same files, inverts its chunks, and the ranks meet to merge: rank 0
+gathers the chunks' metadata (:func:`gather_objects_to_rank0`), writes the file while receiving the
+other ranks' chunks, and a final barrier lets every rank remove its checkpoints.
 
 Communication: results travel as CPU tensors over gloo. On GPUs the process group is created with
 ``"cpu:gloo,cuda:nccl"`` (gloo for CPU tensors and object collectives, NCCL for any CUDA tensor), so
-gathering the latents never takes GPU memory. Collectives time out after :data:`DEFAULT_TIMEOUT`; a
-rank that fails exits non-zero and torchrun then stops the others, so an error never hangs a job.
-Memory: every rank holds the whole input set, and rank 0 briefly holds all gathered latents twice.
+the merge never takes GPU memory. Collectives time out after :data:`DEFAULT_TIMEOUT` (a day, since
+the ranks wait for the slowest one before the merge; ``OODGEN_DIST_TIMEOUT_MIN`` sets it); a rank that fails exits non-zero and torchrun then stops the others, so an error never hangs a job.
+Memory: about two chunks of input and one of latents per rank, whatever the size of the data set.
 """
 
 from __future__ import annotations
@@ -60,8 +65,11 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-"""How long a collective (rendezvous, the input check, the final gather) waits for the other ranks."""
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("OODGEN_DIST_TIMEOUT_MIN") or 24 * 60))
+"""How long a collective (the input check, the wait for the slowest rank before the merge) waits for the other ranks.
+
+A day by default (``OODGEN_DIST_TIMEOUT_MIN`` minutes if set): shards are equal in files, not in time,
+and a rank that dies ends the job through torchrun anyway."""
 
 
 class DistributedError(ValueError):
@@ -186,31 +194,25 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_to_rank0(tensor_shard: torch.Tensor, n_total: int) -> Optional[torch.Tensor]:
-    """Concatenate every rank's ``tensor_shard`` [n_r, ...] on rank 0 in rank order; None on the other ranks.
-
-    Shards may be unequal or empty (0 rows); they are moved to CPU first and travel over gloo, so
-    this works for CPU and GPU jobs alike. Rank 0 checks that the result has ``n_total`` rows.
-    Without a process group it returns ``tensor_shard`` itself (on CPU).
-    """
-    shard = tensor_shard.detach().to("cpu").contiguous()
+def gather_objects_to_rank0(obj: Any) -> Optional[list[Any]]:
+    """Every rank's ``obj`` (picklable, small) as a list in rank order on rank 0; None on the others; [obj] without a group."""
     if not _active():
-        if shard.shape[0] != n_total:
-            raise DistributedError(f"got {shard.shape[0]} rows, expected {n_total}")
-        return shard
-    rank = dist.get_rank()
-    received: Optional[list[Any]] = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(shard, received, dst=0)
-    if rank != 0:
-        return None
-    parts = list(received or [])
-    tail = {tuple(p.shape[1:]) for p in parts if p.shape[0] > 0}
-    if len(tail) > 1:
-        raise DistributedError(f"the ranks' results have different shapes: {sorted(tail)}")
-    merged = torch.cat([p for p in parts if p.shape[0] > 0] or [shard])
-    if merged.shape[0] != n_total:
-        raise DistributedError(f"gathered {merged.shape[0]} rows from {len(parts)} rank(s), expected {n_total}")
-    return merged
+        return [obj]
+    received: Optional[list[Any]] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, received, dst=0)
+    return received
+
+
+def send_to_rank0(tensor: torch.Tensor) -> None:
+    """Send a CPU tensor to rank 0, which takes it with :func:`recv_on_rank0` (shape agreed beforehand)."""
+    dist.send(tensor.detach().to("cpu", torch.float32).contiguous(), dst=0)
+
+
+def recv_on_rank0(src: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Receive a float32 CPU tensor of ``shape`` that rank ``src`` sent with :func:`send_to_rank0`."""
+    buf = torch.empty(shape, dtype=torch.float32)
+    dist.recv(buf, src=src)
+    return buf
 
 
 def same_on_all_ranks(obj: Any) -> bool:

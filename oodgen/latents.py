@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors import safe_open
@@ -45,14 +46,52 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _full_meta(meta: dict[str, Any], shape: Iterable[int]) -> str:
+    full = {"oodgen_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
+    full["shape"] = list(shape)
+    return json.dumps(full)
+
+
 def save_latents(path: str | Path, latents: torch.Tensor, meta: dict[str, Any]) -> Path:
     """Write ``latents`` [N, C, H, W] (stored float32, contiguous, CPU) and ``meta`` atomically."""
     if latents.ndim != 4:
         raise LatentFileError(f"latents must be [N, C, H, W], got shape {tuple(latents.shape)}")
-    full = {"oodgen_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
-    full["shape"] = list(latents.shape)
     tensor = latents.detach().to("cpu", torch.float32).contiguous()
-    atomic_write(Path(path), lambda tmp: save_file({TENSOR: tensor}, str(tmp), metadata={META_KEY: json.dumps(full)}))
+    text = _full_meta(meta, latents.shape)
+    atomic_write(Path(path), lambda tmp: save_file({TENSOR: tensor}, str(tmp), metadata={META_KEY: text}))
+    return Path(path)
+
+
+def save_latents_from_parts(path: str | Path, parts: Iterable[torch.Tensor], shape: tuple[int, int, int, int], meta: dict[str, Any]) -> Path:
+    """Write the latent file of ``shape`` [N, C, H, W] from ``parts`` [n_k, C, H, W] (in order, n_k summing to N), atomically.
+
+    The same file as :func:`save_latents` of their concatenation, but only one part is in memory at a
+    time: the safetensors header is written first (8-byte little-endian length, JSON padded to 8 bytes),
+    then each part's float32 bytes. For latent sets larger than memory (:mod:`oodgen.bulk`).
+    """
+    if len(shape) != 4:
+        raise LatentFileError(f"latents must be [N, C, H, W], got shape {tuple(shape)}")
+    n_bytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+    header = {"__metadata__": {META_KEY: _full_meta(meta, shape)}, TENSOR: {"dtype": "F32", "shape": list(shape), "data_offsets": [0, n_bytes]}}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+
+    def write(tmp: Path) -> None:
+        rows = 0
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for part in parts:
+                if part.ndim != 4 or tuple(part.shape[1:]) != tuple(shape[1:]):
+                    raise LatentFileError(f"a part has shape {tuple(part.shape)}, expected [n, {', '.join(map(str, shape[1:]))}]")
+                rows += part.shape[0]
+                if rows > shape[0]:
+                    raise LatentFileError(f"the parts hold more than the {shape[0]} rows announced")
+                f.write(part.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
+        if rows != shape[0]:
+            raise LatentFileError(f"the parts hold {rows} rows, {shape[0]} announced")
+
+    atomic_write(Path(path), write)
     return Path(path)
 
 
@@ -87,14 +126,19 @@ def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     return x.float(), meta
 
 
-def inversion_metadata(model: str, model_config: Any, resolution: int, settings: Any, samples: Any, stretch: Any) -> dict[str, Any]:
-    """The metadata every inverted-latents file carries: model, settings, data kind, sources, stretch."""
+def sources_of(samples: Any) -> list[dict[str, str]]:
+    """The ``sources`` metadata entries (name and content hash) of :class:`oodgen.data.Sample` s, in order."""
+    return [{"name": s.name, "sha256": s.sha256} for s in samples]
+
+
+def inversion_metadata(model: str, model_config: Any, resolution: int, settings: Any, kind: str, sources: list[dict[str, str]], stretch: Any) -> dict[str, Any]:
+    """The metadata every inverted-latents file carries: model, settings, data kind, sources (:func:`sources_of`), stretch."""
     return {
         "model": model,
         "model_config": model_config,
         "resolution": resolution,
         **settings.to_json(),
-        "kind": samples[0].kind,
-        "sources": [{"name": s.name, "sha256": s.sha256} for s in samples],
+        "kind": kind,
+        "sources": sources,
         "stretch": stretch.to_json() if stretch is not None else None,
     }

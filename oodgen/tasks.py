@@ -28,7 +28,7 @@ from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, from_model_output, load_paths, to_model_input, to_uint8_rgb
 from .jobs import JobContext
-from .latents import inversion_metadata, load_latents, save_latents
+from .latents import inversion_metadata, load_latents, save_latents, sources_of
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError, write_json
 
@@ -150,7 +150,7 @@ def run_invert(ctx: JobContext) -> str:
         parts.append(z)
         ctx.progress(b * steps, total, stage)
     z = torch.cat(parts)
-    meta = inversion_metadata(model.name, None, model.resolution, settings, report.samples, stretch)
+    meta = inversion_metadata(model.name, None, model.resolution, settings, report.samples[0].kind, sources_of(report.samples), stretch)
     thumbs = to_uint8_rgb(x)
 
     def fill(tmp: Path) -> dict:

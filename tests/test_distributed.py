@@ -53,7 +53,7 @@ def test_without_torchrun_nothing_is_initialized(monkeypatch):
     assert not torch.distributed.is_initialized()
     assert distributed.local_device("auto", info) == "auto"
     x = torch.arange(12.0).reshape(3, 4)
-    assert torch.equal(distributed.gather_to_rank0(x, 3), x)
+    assert distributed.gather_objects_to_rank0(x) == [x]
     assert distributed.same_on_all_ranks(["anything"])
     distributed.barrier()
     distributed.cleanup()
@@ -88,8 +88,9 @@ def _pngs(tmp_path, n=10):
 
 
 def test_torchrun_two_processes_equal_one_process_bit_for_bit(tiny_pipeline_dir, tmp_path):
-    src = _pngs(tmp_path)  # batch size 2: 5 batches, split 2 + 3 between the ranks (unequal shards)
-    common = ["invert", "--input", str(src), "--model", str(tiny_pipeline_dir), "--steps", "4", "--batch-size", "2", "--device", "cpu"]
+    src = _pngs(tmp_path)  # chunks of 2 files: 5 chunks, split 2 + 3 between the ranks (unequal shards)
+    common = ["invert", "--input", str(src), "--model", str(tiny_pipeline_dir), "--steps", "4", "--batch-size", "2", "--device", "cpu",
+              "--chunk-size", "2"]
     merged, single = tmp_path / "merged.safetensors", tmp_path / "single.safetensors"
 
     dist_run = _run([*TORCHRUN, "-m", "oodgen", *common, "--out", str(merged)], tmp_path)
@@ -109,7 +110,7 @@ def test_torchrun_two_processes_equal_one_process_bit_for_bit(tiny_pipeline_dir,
     assert not list(tmp_path.glob(".merged.safetensors.*"))  # no stray temporary files from other ranks
 
 
-def test_a_failing_rank_stops_the_job_instead_of_hanging_it(tiny_pipeline_dir, tmp_path):
+def test_a_failing_rank_stops_the_job_instead_of_hanging_it_and_a_rerun_resumes(tiny_pipeline_dir, tmp_path):
     # rank 1 dies while inverting; rank 0 is then waiting for its shard: torchrun must end the job promptly
     script = tmp_path / "fail_on_rank1.py"
     script.write_text(
@@ -120,11 +121,19 @@ def test_a_failing_rank_stops_the_job_instead_of_hanging_it(tiny_pipeline_dir, t
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    engine.invert = boom\n"
         "sys.exit(cli.main(sys.argv[1:]))\n")
-    out = tmp_path / "never.safetensors"
-    proc = _run([*TORCHRUN, str(script), "-q", "invert", "--input", str(_pngs(tmp_path, 6)), "--out", str(out),
-                 "--model", str(tiny_pipeline_dir), "--steps", "2", "--batch-size", "2", "--device", "cpu"], tmp_path, ok=False)
+    out = tmp_path / "z.safetensors"
+    args = ["-q", "invert", "--input", str(_pngs(tmp_path, 6)), "--out", str(out), "--model", str(tiny_pipeline_dir), "--steps", "2",
+            "--batch-size", "2", "--device", "cpu", "--chunk-size", "2"]  # 3 chunks: rank 0 takes 1, rank 1 takes 2
+    proc = _run([*TORCHRUN, str(script), *args], tmp_path, ok=False)
     assert "injected failure on rank 1" in proc.stderr
     assert not out.exists()
+
+    # the same job again, without the failure, resumes from the checkpoints and equals a single process
+    _run([*TORCHRUN, "-m", "oodgen", *args], tmp_path)
+    single = tmp_path / "single.safetensors"
+    _run([sys.executable, "-m", "oodgen", *[a if a != str(out) else str(single) for a in args]], tmp_path)
+    assert torch.equal(load_latents(out)[0], load_latents(single)[0])
+    assert not (tmp_path / "z.safetensors.parts").exists()
 
 
 def test_bad_input_under_torchrun_is_the_usual_one_line_error(tiny_pipeline_dir, tmp_path):
