@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,7 @@ def probe(files: Sequence[tuple[str, Path]], max_fit_files: int = STRETCH_FILES)
         if report.samples:
             kind = report.samples[0].kind
             break
-        log.warning("%s", report.errors[0][1] if report.errors else f"{files[i][0]}: no data")
+        log.debug("probe: %s", report.errors[0][1] if report.errors else f"{files[i][0]}: no data")  # reported when its chunk is read
     if kind is None:
         raise DataError(f"no usable images: none of the {len(files)} data files could be read" + (" (see above)" if len(files) > 1 else f" ({report.errors[0][1]})" if report.errors else ""))
     if kind == "image":
@@ -227,12 +228,25 @@ def invert_chunks(
     steps: int,
     progress: Optional[Progress] = None,
     readers: int = 4,
+    timings: Optional[dict[str, float]] = None,
+    on_skip: Optional[Callable[[str], None]] = None,
 ) -> dict[int, dict]:
     """Invert chunks ``mine`` (indices into ``plan.chunks``) that ``store`` lacks; {k: chunk metadata} of all of ``mine``.
 
     Chunk k + 1 is read in a background thread while chunk k is inverted. Progress is in image-steps,
-    with the total estimated at one sample per file until a chunk is read.
+    with the total estimated at one sample per file until a chunk is read. ``timings``, if given,
+    receives seconds spent ``read`` (in the background), ``waited`` for reads (not hidden behind
+    compute) and ``inverted``. ``on_skip(message)`` hears of each skipped file or sample (default: a logged warning).
     """
+    t = {"read": 0.0, "waited": 0.0, "inverted": 0.0} if timings is None else timings
+    t.update(read=0.0, waited=0.0, inverted=0.0)
+
+    def read(k: int) -> ChunkInput:
+        t0 = time.perf_counter()
+        inp = read_chunk(plan, k, pool)
+        t["read"] += time.perf_counter() - t0
+        return inp
+
     metas: dict[int, dict] = {}
     todo = []
     for k in mine:
@@ -249,21 +263,27 @@ def invert_chunks(
         progress(0, total)
     with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="oodgen-read") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="oodgen-ahead") as ahead:
-        pending: Optional[Future] = ahead.submit(read_chunk, plan, todo[0], pool) if todo else None
+        pending: Optional[Future] = ahead.submit(read, todo[0]) if todo else None
         for i, k in enumerate(todo):
+            t0 = time.perf_counter()
             inp: ChunkInput = pending.result()  # type: ignore[union-attr]
-            pending = ahead.submit(read_chunk, plan, todo[i + 1], pool) if i + 1 < len(todo) else None
+            t["waited"] += time.perf_counter() - t0
+            pending = ahead.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
             a, b = plan.chunks[k]
             total += (len(inp.samples) - (b - a)) * steps  # the estimate becomes exact for this chunk
-            for name, msg in inp.errors:
-                log.warning("skipped %s", msg)
+            for _, msg in inp.errors:
+                (on_skip or (lambda m: log.warning("skipped %s", m)))(msg)
             base = done
             cb = None if progress is None else (lambda d, t, base=base: progress(base + d, total))
+            t0 = time.perf_counter()
             z = invert(inp.x, cb) if len(inp.samples) else inp.x
+            t["inverted"] += time.perf_counter() - t0
             metas[k] = store.save(k, plan.chunk_key(k), z, inp)
             done = base + len(inp.samples) * steps
             if progress is not None:
                 progress(done, total)
+    if todo:
+        log.info("read %d chunks in %.1f s, of which %.1f s were not hidden behind %.1f s of inversion", len(todo), t["read"], t["waited"], t["inverted"])
     return metas
 
 

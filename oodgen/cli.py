@@ -92,13 +92,18 @@ def _portable(name: Optional[str]) -> Optional[str]:
     return str(Path(name).resolve())
 
 
+def _skipped(message: str) -> None:
+    """Report a skipped file or sample (the message names it) on stderr."""
+    print(f"oodgen: skipped {message}", file=sys.stderr)
+
+
 def _read_inputs(paths: Sequence[str]) -> list:
     """Samples from files/folders/zips; skipped files reported on stderr, CLIError when none is usable."""
     from .data import load_paths
 
     report = load_paths(paths)
-    for name, msg in report.errors:
-        print(f"oodgen: skipped {name}: {msg}", file=sys.stderr)
+    for _, msg in report.errors:
+        _skipped(msg)
     if report.ignored:
         log.info("ignored non-data files: %s", ", ".join(report.ignored))
     if not report.samples:
@@ -148,7 +153,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     with contextlib.nullcontext() if info.is_main else contextlib.redirect_stderr(io.StringIO()):
         listing = list_files(args.input, max_files=None)  # names only: nothing is read yet
         for _, msg in listing.errors:
-            log.warning("%s", msg)
+            _skipped(msg)
         if not listing.files:
             raise CLIError(f"no data files in {', '.join(map(str, args.input))}")
         kind, stretch, note = bulk.probe(listing.files)  # bad input fails here, before the model loads
@@ -167,7 +172,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         with _progress_bar("invert", args.quiet) as update:
             try:
                 metas = bulk.invert_chunks(plan, range(start, stop), store, lambda x, cb: engine.invert(model, x, settings, progress=cb),
-                                           settings.steps, progress=update, readers=bulk.cpu_readers())
+                                           settings.steps, progress=update, readers=bulk.cpu_readers(), on_skip=_skipped)
             except KeyboardInterrupt:
                 print(f"oodgen: stopped; the chunks done so far are kept in {store.root}: run the same command again to resume", file=sys.stderr)
                 raise

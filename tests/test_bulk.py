@@ -131,14 +131,15 @@ def test_appended_files_keep_earlier_chunks_and_changed_settings_redo_everything
     assert calls == [4, 4, 2]  # other steps: nothing reused
 
 
-def test_bad_and_mismatched_files_are_skipped_and_reported(tiny_pipeline_dir, tmp_path, capsys, caplog):
+def test_bad_and_mismatched_files_are_skipped_and_reported(tiny_pipeline_dir, tmp_path, capsys):
     src = _pngs(tmp_path / "imgs", 5)
     (src / "im002.png").write_bytes(b"not a png")
     np.save(src / "map.npy", np.random.default_rng(0).normal(size=(12, 12)).astype(np.float32))  # physical among images
     out = tmp_path / "z.safetensors"
     assert _invert(tiny_pipeline_dir, src, out, "--chunk-size", "2") == 0
-    err, log = capsys.readouterr().err, caplog.text
-    assert "im002.png: is corrupt, or not a PNG" in log and "map.npy: is physical data but this set is images" in log
+    err = capsys.readouterr().err
+    assert "oodgen: skipped imgs/im002.png: is corrupt, or not a PNG" in err
+    assert "oodgen: skipped imgs/map.npy: is physical data but this set is images" in err
     assert "wrote 4 latents" in err and "skipped 2" in err
     z, meta = load_latents(out)
     assert [s["name"] for s in meta["sources"]] == ["imgs/im000.png", "imgs/im001.png", "imgs/im003.png", "imgs/im004.png"]
