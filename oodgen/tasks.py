@@ -2,7 +2,7 @@
 
 Each runner reads its parameters from ``ctx.params`` (JSON), does the work through
 :mod:`oodgen.engine` / :mod:`oodgen.diagnostics`, and saves one workspace record atomically. The
-model passes run in chunks of whole batches: each chunk is one call of :func:`invert_chunk`
+inversion runs in chunks of files (:mod:`oodgen.bulk`): each chunk is one call of :func:`invert_chunk`
 (a ``spaces.GPU`` call on ZeroGPU) and is kept in the job's folder, so a job resumed after a
 restart skips the chunks it already has.
 
@@ -22,11 +22,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from . import engine, zerogpu
+from . import bulk, engine, zerogpu
 from .ddim import Cancelled
 from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
-from .data import LoadReport, Sample, Stretch, from_model_output, load_paths, to_model_input, to_uint8_rgb
+from .data import LoadReport, Sample, Stretch, from_model_output, list_files, load_paths, to_model_input, to_uint8_rgb
 from .jobs import JobContext
 from .latents import inversion_metadata, load_latents, save_latents, sources_of
 from .models import FrozenDDPM, load_model
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 LATENTS = "latents.safetensors"
 THUMBS = "thumbs.npy"
-CHUNK_IMAGES = 64  # images per chunk (rounded up to whole batches): the unit of resume and of a ZeroGPU call
+CHUNK_IMAGES = 64  # files per chunk (see oodgen.bulk): the unit of resume and of a ZeroGPU call
 N_RECON_PAIRS = 8  # original-versus-reconstruction pairs shown with the diagnostics
 REFERENCES = {"prior": "the model's own prior N(0, I), pushed to t_end by DDIM"}
 REFERENCES.update({k: f"in-domain images '{k}' inverted with the same settings" for k, s in SAMPLE_SETS.items() if s.domain == "in-domain"})
@@ -107,61 +107,51 @@ def invert_chunk(model_name: str, x: torch.Tensor, settings: dict, progress=None
     return engine.invert(get_model(model_name), x, DDIMSettings(**settings), progress=progress, cancel=cancel).cpu()
 
 
-def _chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
-    size = max(batch_size, (CHUNK_IMAGES // batch_size) * batch_size)
-    return [(s, min(s + size, n)) for s in range(0, n, size)]
-
-
 def run_invert(ctx: JobContext) -> str:
-    """params: dataset (ref), model (name), settings (DDIMSettings JSON), name (run name)."""
+    """params: dataset (ref), model (name), settings (DDIMSettings JSON), name (run name).
+
+    The dataset's files go through :mod:`oodgen.bulk` in chunks of :data:`CHUNK_IMAGES` files, each
+    one call of :func:`invert_chunk`, checkpointed in the job's folder (a resumed job skips them).
+    """
     p, ws = ctx.params, ctx.workspace
     settings = DDIMSettings(**p["settings"])
     ctx.progress(0, 0, "loading data and model")
-    report, ds_name = load_dataset(ws, p["dataset"], ctx.job.owner)
-    if not report.samples:
-        raise ValueError(f"dataset {ds_name!r} has no usable images")
+    folder, ds_name = _dataset(ws, p["dataset"], ctx.job.owner)
+    listing = list_files([folder], max_files=None)
+    if not listing.files:
+        raise ValueError(f"dataset {ds_name!r} has no data files")
+    kind, stretch, _ = bulk.probe(listing.files)
     model = get_model(p["model"])
-    x, stretch = to_model_input(report.samples, model.resolution, model.channels)
-    n, steps = len(x), settings.steps
-    total = n * steps
-    ctx.chunk_dir.mkdir(parents=True, exist_ok=True)
-    parts = []
-    chunks = _chunks(n, settings.batch_size)
+    plan = bulk.BulkPlan(listing.files, kind, stretch, model.resolution, model.channels,
+                         settings_key=json.dumps([model.name, settings.t_end, settings.steps]), chunk_files=CHUNK_IMAGES)
+    store = bulk.ChunkStore(ctx.chunk_dir)
     live = not zerogpu.active()  # progress callbacks and cancel flags cannot cross into a ZeroGPU worker
-    for k, (a, b) in enumerate(chunks):
-        stage = f"inverting chunk {k + 1}/{len(chunks)}"
-        f = ctx.chunk_dir / f"chunk_{k:05d}.safetensors"
-        z = None
-        if f.exists():
-            try:
-                z, meta = load_latents(f)
-                if meta.get("range") != [a, b] or len(z) != b - a:
-                    z = None
-            except ValueError:
-                z = None
-        if z is None:
-            if ctx.cancelled():
-                raise Cancelled()
-            ctx.progress(a * steps, total, stage)
-            z = invert_chunk(model.name, x[a:b], settings.to_json(),
-                             progress=(lambda d, t, a=a: ctx.progress(a * steps + d, total, stage)) if live else None,
-                             cancel=ctx.cancelled if live else None)
-            save_latents(f, z, {"range": [a, b]})
-        parts.append(z)
-        ctx.progress(b * steps, total, stage)
-    z = torch.cat(parts)
-    meta = inversion_metadata(model.name, None, model.resolution, settings, report.samples[0].kind, sources_of(report.samples), stretch)
-    thumbs = to_uint8_rgb(x)
+
+    def invert(x: torch.Tensor, progress) -> torch.Tensor:
+        if ctx.cancelled():
+            raise Cancelled()
+        return invert_chunk(model.name, x, settings.to_json(), progress=progress if live else None, cancel=ctx.cancelled if live else None)
+
+    chunks = range(len(plan.chunks))
+    metas = bulk.invert_chunks(plan, chunks, store, invert, settings.steps, progress=lambda d, t: ctx.progress(d, t, "inverting"))
+    sources = [src for k in chunks for src in metas[k]["sources"]]
+    skipped = [e for k in chunks for e in metas[k]["errors"]]
+    if not sources:
+        raise ValueError(f"dataset {ds_name!r} has no usable images" + (f" ({skipped[0][1]})" if skipped else ""))
+    ctx.progress(len(sources) * settings.steps, len(sources) * settings.steps, "saving")
+    z = torch.cat(list(bulk.chunk_parts(plan, store, chunks)))
+    thumbs = np.concatenate([to_uint8_rgb(bulk.read_chunk(plan, k).x) for k in chunks if metas[k]["sources"]])  # the same samples, read again
+    meta = inversion_metadata(model.name, None, model.resolution, settings, kind, sources, stretch)
 
     def fill(tmp: Path) -> dict:
         save_latents(tmp / LATENTS, z, meta)
         np.save(tmp / THUMBS, thumbs)
-        return {"n": n, "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": report.samples[0].kind,
-                "settings": settings.to_json(), "names": [s.name for s in report.samples],
+        return {"n": len(sources), "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": kind,
+                "settings": settings.to_json(), "names": [s["name"] for s in sources],
                 "stretch": stretch.to_json() if stretch is not None else None, "job": ctx.job.id}
 
     rec = ws.create("runs", p.get("name") or f"{ds_name} t{settings.t_end}", ctx.job.owner, fill)
-    ctx.job.message = f"inverted {n} samples into run '{rec.name}'"
+    ctx.job.message = f"inverted {len(sources)} samples into run '{rec.name}'" + (f"; skipped {len(skipped)} unusable" if skipped else "")
     return rec.id
 
 
