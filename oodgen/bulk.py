@@ -274,12 +274,13 @@ def invert_chunks(
             for _, msg in inp.errors:
                 (on_skip or (lambda m: log.warning("skipped %s", m)))(msg)
             base = done
-            cb = None if progress is None else (lambda d, t, base=base: progress(base + d, total))
+            cb = None if progress is None else (lambda d, _total, base=base: progress(base + d, total))
             t0 = time.perf_counter()
             z = invert(inp.x, cb) if len(inp.samples) else inp.x
             t["inverted"] += time.perf_counter() - t0
             metas[k] = store.save(k, plan.chunk_key(k), z, inp)
             done = base + len(inp.samples) * steps
+            del inp, z  # held otherwise until the next chunk's inversion ends: a third chunk in memory
             if progress is not None:
                 progress(done, total)
     if todo:

@@ -210,3 +210,30 @@ def test_progress_counts_image_steps_and_ends_exact(tmp_path):
                        steps=4, progress=lambda d, t: seen.append((d, t)))
     assert seen[0] == (0, 20) and seen[-1] == (20, 20)
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+
+def test_at_most_two_chunks_of_input_are_alive_at_once(tmp_path, monkeypatch):
+    """The memory bound of the README: the chunk being inverted and the one read ahead, whatever the number of chunks."""
+    import gc
+    import weakref
+
+    src = _pngs(tmp_path / "imgs", 12)
+    plan = bulk.BulkPlan(list_files(src).files, "image", None, 8, 3, settings_key="test", chunk_files=2)
+    alive: list[weakref.ref] = []
+    real_read = bulk.read_chunk
+
+    def tracked(*a, **k):
+        inp = real_read(*a, **k)
+        alive.append(weakref.ref(inp.x))
+        return inp
+
+    monkeypatch.setattr(bulk, "read_chunk", tracked)
+    most = []
+
+    def invert(x, progress):
+        gc.collect()
+        most.append(sum(r() is not None for r in alive))
+        return x
+
+    bulk.invert_chunks(plan, range(6), bulk.ChunkStore(tmp_path / "parts"), invert, steps=1)
+    assert len(most) == 6 and max(most) <= 2, most
