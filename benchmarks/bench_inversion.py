@@ -145,6 +145,8 @@ def run(
     log(f"inversion benchmark: {arch} {res}x{res}, {n} images x {steps} steps to t={t_end}, batch {batch_size}, "
         f"{dtype}, on {r['device_name']} ({dev}), torch {torch.__version__}, {r['threads']} threads")
 
+    r["auto_batch"] = auto_batch(model)
+
     n_plain = min(plain_n or n, n)
     variants = {  # name -> run(); timed in interleaved rounds, so a burst of load from elsewhere hits all of them
         "plain": lambda: plain_inversion(plain_unet, x[:n_plain].to(dev), model.alphas_cumprod, t_end, steps).cpu(),
@@ -202,6 +204,24 @@ def run(
     return r
 
 
+def auto_batch(model: FrozenDDPM) -> dict:
+    """What :func:`oodgen.engine.auto_batch_size` picks for ``model`` (cap 256, not clipped to --n), and on CUDA
+    the probed memory it is sized from (MiB per image, fixed MiB, free GiB)."""
+    r: dict = {"batch_size": engine.auto_batch_size(model)}
+    if model.device.type == "cuda":
+        per_image, fixed = engine.measure_batch_memory(model)
+        r.update(per_image_mib=per_image / 2**20, fixed_mib=fixed / 2**20, free_gib=torch.cuda.mem_get_info(model.device)[0] / 2**30)
+    return r
+
+
+def auto_batch_text(a: dict) -> str:
+    """One line for the reports."""
+    if "per_image_mib" not in a:
+        return f"{a['batch_size']} (the default off CUDA)"
+    return (f"{a['batch_size']} ({a['per_image_mib']:.1f} MiB per image + {a['fixed_mib']:.0f} MiB fixed, "
+            f"{a['free_gib']:.1f} GiB free, cap 256)")
+
+
 def _spread(times: list[float], work: int) -> str:
     return f"{work / max(times):.1f}-{work / min(times):.1f}" if len(times) > 1 else f"{work / times[0]:.1f}"
 
@@ -228,6 +248,8 @@ def print_report(r: dict) -> None:
         print(f"speed-up compiled / oodgen   : {c['rate'] / f['rate']:.2f}x; compiled / plain loop {c['rate'] / p['rate']:.2f}x")
     print(f"max |latent difference|      : oodgen vs plain {f['diff_vs_plain']:.2e}"
           + (f", compiled vs plain {c['diff_vs_plain']:.2e}, compiled vs oodgen {c['diff_vs_oodgen']:.2e}" if c else "") + f" ({tol})")
+    if "auto_batch" in r:
+        print(f"{'auto batch size (' + r['dtype'] + ')':29s}: {auto_batch_text(r['auto_batch'])}")
     if "tflops" in r:
         print(f"forward: {r['gflop_per_image_step']:.1f} GFLOP/image; achieved {r['tflops']:.1f} TFLOP/s"
               + (f" = {r['peak_fraction']:.1%} of dense bf16 peak" if r["peak_fraction"] else ""))

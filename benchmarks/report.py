@@ -1,11 +1,16 @@
-"""One run, one table: inversion throughput (per-image loop, oodgen, oodgen --compile) and the latent
-diagnostics at the paper's scale, as Markdown with the device named.
+"""One run, one table: inversion throughput (per-image loop, oodgen, oodgen --compile), the latent
+diagnostics at the paper's scale, and reduced precision against float32 on the bundled sets, as Markdown
+with the device named.
 
     python benchmarks/report.py                                   # CPU defaults: about 3-5 minutes on 2 cores
     python benchmarks/report.py --device cuda --arch church256 --n 64 --dtype bfloat16 --json out/bench.json
 
-The inversion part is :func:`bench_inversion.run` (same options), the diagnostics part is
-:func:`bench_diagnostics.run` (n ID + n OOD latents of dimension d; the paper: 1,000 each at d = 196,608).
+The inversion part is :func:`bench_inversion.run` (same options; it also names the batch size
+:func:`oodgen.engine.auto_batch_size` picks for that model), the diagnostics part is
+:func:`bench_diagnostics.run` (n ID + n OOD latents of dimension d; the paper: 1,000 each at d = 196,608),
+the precision part is :func:`bench_precision.run` (reconstruction MAE of the bundled galaxy and radiation sets
+with the bundled model per UNet dtype, within 0.005 of float32; whole sets at 50 steps on a GPU, a subsample
+at 20 steps on CPU, about 20 s; --no-precision skips it).
 The diagnostics run first, so their peak memory (process-wide ru_maxrss) is not inflated by the
 compiler. Progress goes to stderr, the table to stdout.
 """
@@ -24,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_diagnostics  # noqa: E402
 import bench_inversion  # noqa: E402
+import bench_precision  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -34,7 +40,7 @@ def _range(times: list[float], work: int) -> str:
     return f" ({work / max(times):.1f}-{work / min(times):.1f})" if len(times) > 1 else ""
 
 
-def markdown(inv: dict, diag: dict) -> str:
+def markdown(inv: dict, diag: dict, prec: dict | None = None) -> str:
     """The combined table."""
     n, steps = inv["n"], inv["steps"]
     p, f, c = inv["plain"], inv["oodgen"], inv.get("compiled")
@@ -54,6 +60,8 @@ def markdown(inv: dict, diag: dict) -> str:
         ]
     diffs = f"oodgen {f['diff_vs_plain']:.1e}" + (f", compiled {c['diff_vs_plain']:.1e}" if c else "")
     rows.append(("inversion", "max abs latent difference vs plain loop", diffs, "float32 tolerance 1e-4" if inv["dtype"] == "float32" else "reduced precision"))
+    if "auto_batch" in inv:
+        rows.append(("inversion", f"auto batch size ({inv['dtype']}, engine.auto_batch_size)", bench_inversion.auto_batch_text(inv["auto_batch"]), ""))
 
     T, B = bench_diagnostics.TARGET_S, bench_diagnostics.TARGET_BYTES
     js = diag["report"]
@@ -67,13 +75,17 @@ def markdown(inv: dict, diag: dict) -> str:
         ("diagnostics", "SVM test accuracy / centre distance", f"{js['svm_test_accuracy']:.3f} / {js['center_distance']:.2f}",
          f"d^(1/4) = {js['d_quarter']:.2f}, noise floor {js['noise_floor']:.2f}"),
     ]
+    if prec:
+        rows += bench_precision.rows(prec)
     head = [
         f"### oodgen benchmarks ({datetime.date.today().isoformat()})",
         "",
         f"Device: **{inv['device_name']}** ({inv['device']}), torch {inv['torch']}, {inv['threads']} threads. "
         f"Inversion: {inv['arch']} model {inv['resolution']}x{inv['resolution']}, {n} images x {steps} DDIM steps to "
         f"t = {inv['t_end']} (plain loop on {p['n']}); best of {inv['repeats']} interleaved runs, range in brackets. "
-        f"Diagnostics: {diag['n']:,} ID + {diag['n']:,} OOD synthetic latents, d = {diag['d']:,}.",
+        f"Diagnostics: {diag['n']:,} ID + {diag['n']:,} OOD synthetic latents, d = {diag['d']:,}."
+        + (f" Precision: bundled {prec['model']} model, {bench_precision.sampling_text(prec['every'])} of each set, "
+           f"{prec['steps']} DDIM steps to t = {prec['t_end']}, MAE on the [0, 1] scale." if prec else ""),
         "",
         "| part | figure | measured | ratio / target |",
         "|---|---|---|---|",
@@ -87,15 +99,18 @@ def main(argv=None) -> int:
     ap.add_argument("--diag-n", type=int, default=1000, help="latents per set for the diagnostics")
     ap.add_argument("--d", type=int, default=196_608, help="latent dimension for the diagnostics")
     ap.add_argument("--no-umap", action="store_true")
+    bench_precision.add_args(ap)
+    ap.add_argument("--no-precision", action="store_true", help="skip the precision check")
     ap.add_argument("--json", default=None, metavar="OUT", help="also write every figure as JSON")
     args = ap.parse_args(argv)
 
     diag = bench_diagnostics.run(n=args.diag_n, d=args.d, with_umap=not args.no_umap, log=_log)
     inv = bench_inversion.run_args(args, log=_log)
-    print(markdown(inv, diag))
+    prec = None if args.no_precision else bench_precision.run_args(args, log=_log)
+    print(markdown(inv, diag, prec))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"inversion": inv, "diagnostics": diag}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"inversion": inv, "diagnostics": diag, "precision": prec}, indent=2, default=str))
         _log(f"wrote {args.json}")
     return 0
 
