@@ -68,7 +68,37 @@ def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
     tail = " (default: the latent file's)" if from_file else ""
     p.add_argument("--t-end", type=int, default=None if from_file else d.t_end, help=f"operating timestep of the latent space (default: {d.t_end}){tail}")
     p.add_argument("--steps", type=int, default=None if from_file else d.steps, help=f"DDIM steps (default: {d.steps}){tail}")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per model call (default: {d.batch_size})")
+    p.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
+
+
+BATCH_HELP = (f"images per model call, halved automatically on out-of-memory; auto (default): sized to the free GPU memory "
+              f"on CUDA, {DDIMSettings().batch_size} elsewhere")
+
+
+def _batch_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _batch_size(args: argparse.Namespace, model, n: Optional[int] = None) -> int:
+    """--batch-size as a number: ``auto`` becomes :func:`oodgen.engine.auto_batch_size` (32 if the probe fails)."""
+    if args.batch_size != "auto":
+        return int(args.batch_size)
+    from . import engine
+
+    try:
+        return engine.auto_batch_size(model, n=n)
+    except Exception as e:  # noqa: BLE001 - a failed probe must not stop a run that a fixed batch size would do
+        fallback = DDIMSettings().batch_size
+        log.warning("could not size the batch to the device memory (%s: %s); using %d", type(e).__name__, e, fallback)
+        return fallback
 
 
 def _load_model(args: argparse.Namespace, meta: Optional[dict] = None):
@@ -139,13 +169,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     (:mod:`oodgen.distributed`).
     """
     import contextlib
+    import dataclasses
     import io
 
     from . import bulk, distributed, engine
     from .data import list_files
     from .latents import inversion_metadata, save_latents_from_parts
 
-    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
+    settings = DDIMSettings(t_end=args.t_end, steps=args.steps)  # batch size set once the model is loaded
     if args.chunk_size < 1:
         raise CLIError(f"--chunk-size {args.chunk_size} must be at least 1")
     info = distributed.env_info()  # without torchrun: world_size 1, and nothing below changes anything
@@ -166,6 +197,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     log.info("%d files in %d chunks of %d; checkpoints in %s", len(plan.files), len(chunks), plan.chunk_files, store.root)
     info = distributed.init_from_env(args.device)  # after the model load, see init_from_env
     try:
+        batch = distributed.min_over_ranks(_batch_size(args, model, n=min(len(plan.files), plan.chunk_files)))  # one size everywhere
+        settings = dataclasses.replace(settings, batch_size=batch)
+        log.info("batch size %d", batch)
         if not distributed.same_on_all_ranks([(name, path.stat().st_size) for name, path in plan.files]):
             raise CLIError("the ranks see different input files; every node must see the same --input data")
         start, stop = distributed.shard_range(len(chunks), info.world_size, info.rank, 1)
@@ -216,8 +250,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from . import engine
 
-    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=args.batch_size)
     model, x, _, samples = _load_data_and_model(args)
+    settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=_batch_size(args, model, n=len(x)))
     with _progress_bar("reconstruct", args.quiet) as update:
         rec = engine.reconstruct(model, x, settings, progress=update)
     result = {**rec.summary(), "model": model.name, "t_end": settings.t_end, "steps": settings.steps,
@@ -244,10 +278,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.latents} does not record t_end/steps; pass --t-end and --steps")
     if args.t_end is not None and meta.get("t_end") not in (None, args.t_end):
         raise CLIError(f"--t-end {args.t_end} differs from the latents' t_end {meta['t_end']}: the latents live at t={meta['t_end']}")
-    ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=args.batch_size)
+    ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps))
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter)
     model = _load_model(args, meta)
+    ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
         gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update)
     out = Path(args.out)
@@ -363,7 +398,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     x_id = to_model_input(id_samples, model.resolution, model.channels)[0] if id_samples else None
     with _stage_bar(args.quiet) as bar:
         rows, label = sweep.t_sweep(model, x_ood, args.t, x_id=x_id, n_prior=args.id_prior or 0, steps=args.steps,
-                                    batch_size=args.batch_size, seed=args.seed, progress=bar)
+                                    batch_size=_batch_size(args, model), seed=args.seed, progress=bar)
     print(f"t sweep of {len(ood_samples)} OOD samples with {model.name}; ID: {label}")
     _print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     payload = {"model": model.name, "id_source": label, "steps": args.steps, "rows": rows}
@@ -462,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--id-prior", type=int, metavar="N", help="N draws of the model's prior, pushed to each t")
     s.add_argument("--t", type=int, nargs="+", default=list(DEFAULT_T_VALUES), help=f"timesteps (default: {' '.join(map(str, DEFAULT_T_VALUES))})")
     s.add_argument("--steps", type=int, default=DDIMSettings().steps, help="DDIM steps up to the largest t")
-    s.add_argument("--batch-size", type=int, default=DDIMSettings().batch_size)
+    s.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="OUT", help="write the rows as JSON")
     s.add_argument("--html", metavar="OUT", help="write the sweep plot as self-contained HTML")

@@ -215,6 +215,15 @@ def recv_on_rank0(src: int, shape: tuple[int, ...]) -> torch.Tensor:
     return buf
 
 
+def min_over_ranks(value: int) -> int:
+    """The smallest ``value`` over all ranks (``value`` itself without a group), e.g. one batch size for every rank."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def same_on_all_ranks(obj: Any) -> bool:
     """True when every rank passes an equal ``obj`` (compared by a SHA-256 of its pickle); True without a group.
 

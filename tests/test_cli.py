@@ -136,3 +136,25 @@ def test_bundled_model_reconstructs_bundled_ood_sets_within_paper_error(domain, 
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == {"galaxy": 100, "radiation": 64}[domain]
     assert result["mae"] <= 0.07
+
+
+def test_batch_size_auto_is_the_default_and_falls_back_when_the_probe_fails(tiny_pipeline_dir, pngs, tmp_path, monkeypatch, capsys, caplog):
+    from oodgen import engine
+
+    out = tmp_path / "z.safetensors"
+    common = ["-q", "invert", "--input", str(pngs), "--out", str(out), "--model", str(tiny_pipeline_dir), "--steps", "2", "--device", "cpu"]
+    assert main(common) == 0
+    assert load_latents(out)[1]["batch_size"] == 5  # auto on CPU: 32, clipped to the 5 images
+
+    def broken(*a, **k):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(engine, "auto_batch_size", broken)
+    assert main(common) == 0
+    assert load_latents(out)[1]["batch_size"] == 32
+    assert "could not size the batch to the device memory (RuntimeError: probe exploded); using 32" in caplog.text
+    assert main([*common, "--batch-size", "3"]) == 0  # a number never probes
+    assert load_latents(out)[1]["batch_size"] == 3
+    with pytest.raises(SystemExit):
+        main([*common, "--batch-size", "0"])
+    assert "0 must be at least 1" in capsys.readouterr().err
