@@ -31,6 +31,11 @@ CSS = """
 """
 
 
+# Numbers the thumbnail clicks of this page at the click, before anything is sent, so that fast
+# clicks alternate i, j in the order they were made whatever order they reach the server in.
+PICK_JS = "(picker, click) => { window.oodgenPickClicks = (window.oodgenPickClicks || 0) + 1; return [picker, window.oodgenPickClicks]; }"
+
+
 def _err(e: Exception) -> gr.Error:
     return gr.Error(str(e), print_exception=False)
 
@@ -147,23 +152,23 @@ def on_diag_start(owner, run_id, ref, sweep=False):
 
 
 # ---------------------------------------------------------------- generation
-def on_gen_run(owner, run_id):
+def on_gen_run(owner, run_id, picker):
+    picker.reset()
     if not owner or not run_id:
-        return [], gr.Slider(maximum=1), gr.Slider(maximum=1)
+        return [], gr.Slider(maximum=1), gr.Slider(maximum=1), picker.note()
     try:
         n = service.run_size(owner, run_id)
         thumbs = service.run_thumbnails(owner, run_id)
     except ValueError as e:
         raise _err(e) from None
-    return thumbs, gr.Slider(minimum=0, maximum=n - 1, value=0), gr.Slider(minimum=0, maximum=n - 1, value=min(1, n - 1))
+    return thumbs, gr.Slider(minimum=0, maximum=n - 1, value=0), gr.Slider(minimum=0, maximum=n - 1, value=min(1, n - 1)), picker.note()
 
 
-def on_pick(owner, which, evt: gr.SelectData):
-    """Clicking a thumbnail sets sample i, the next click sample j, and so on."""
+def on_pick(picker, click, evt: gr.SelectData):
+    """Clicking a thumbnail sets sample i, the next click sample j, and so on, in click order (``click``: the page's count)."""
+    which = picker.pick(click, evt.index)
     k = int(evt.index)
-    if which == "i":
-        return k, gr.skip(), "j", f"Sample i = {k}; click another thumbnail for j."
-    return gr.skip(), k, "i", f"Sample j = {k}."
+    return (k if which == "i" else gr.skip()), (k if which == "j" else gr.skip()), picker.note()
 
 
 def on_decode(owner, run_id, i, j, alpha, method, eta, seed):
@@ -289,7 +294,8 @@ def build() -> gr.Blocks:
         owner = gr.State(None)
         jobs_seen = gr.State("")
         diag_seen = gr.State("")
-        pick_next = gr.State("i")
+        picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
+        pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
         position = gr.State(0)
         shown_ms = gr.State(0)
 
@@ -414,7 +420,8 @@ def build() -> gr.Blocks:
                 res_study = gr.Dropdown([""], value="", label="Study (empty: all)", elem_id="res_study")
                 res_btn = gr.Button("Refresh results", variant="primary", elem_id="res_btn")
             res_note = gr.Markdown(elem_id="res_note")
-            res_groups = gr.Dataframe(label="MOS per study, domain, method and source (95% CI, t distribution)", interactive=False, elem_id="res_groups")
+            res_groups = gr.Dataframe(label="MOS per study, domain, method and source (95% CI: t interval, clipped to the 1-5 scale "
+                                            "where ci95_clipped; the export has the unclipped ends)", interactive=False, elem_id="res_groups")
             res_plot = gr.Plot(label="Score distributions", elem_id="res_plot")
             res_raters = gr.Dataframe(label="Raters: mean, consistency on repeats, straight-lining", interactive=False)
             with gr.Row():
@@ -455,8 +462,11 @@ def build() -> gr.Blocks:
         diag_btn.click(on_diag_start, [owner, diag_run, diag_ref], [diag_note, jobs])
         sweep_btn.click(lambda o, r, f: on_diag_start(o, r, f, sweep=True), [owner, diag_run, diag_ref], [diag_note, jobs])
 
-        gen_run.change(on_gen_run, [owner, gen_run], [thumbs, i, j])
-        thumbs.select(on_pick, [owner, pick_next], [i, j, pick_next, pick_note])
+        gen_run.change(on_gen_run, [owner, gen_run, picker], [thumbs, i, j, pick_note])
+        # every click counts (trigger_mode), numbered in the browser as it happens (PICK_JS); answered one at a time,
+        # so an older answer never arrives after a newer one (concurrency_limit)
+        thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
+                      show_progress="hidden")
         decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed]
         for control in (alpha, i, j, eta, method, seed):
             control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")

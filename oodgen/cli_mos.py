@@ -103,7 +103,11 @@ def cmd_mos_summary(args: argparse.Namespace) -> int:
         raise RatingError(f"{args.ratings} holds no ratings yet")
     print(f"{args.ratings}: {summary.n_ratings} ratings (first ratings per condition; repeats only for consistency)")
     _print_table([{"study": g.study, "domain": g.domain, "method": g.method or "-", "source": g.source, "n": g.n,
-                   "MOS +- std": g.mos_pm_std, "95% CI": f"[{_fmt(g.ci95_low)}, {_fmt(g.ci95_high)}]"} for g in summary.groups])
+                   "MOS +- std": g.mos_pm_std, "95% CI": f"[{_fmt(g.ci95_low)}, {_fmt(g.ci95_high)}]" + ("*" if g.ci95_clipped else "")}
+                  for g in summary.groups])
+    clipped = any(g.ci95_clipped for g in summary.groups)
+    print("95% CI: t interval of the mean (ITU-T P.1401)"
+          + ("; * clipped to the 1-5 scale (the unclipped ends are ci95_t_low / ci95_t_high in --json)" if clipped else ""))
     alpha = summary.krippendorff_alpha
     print(f"\nKrippendorff's alpha (ordinal, first ratings): {_fmt(alpha, 3) if alpha is not None else 'undefined (needs 2 raters on an item and some variation)'}")
     print()

@@ -15,8 +15,9 @@ The paper scores generated astrophysical images against real ones with a MOS fro
   threads and processes; an incomplete last line left by a crash is moved aside on the next open;
   cells a spreadsheet would run as a formula are neutralized with a leading ``'``;
 * a **summary** (:func:`summarize`) gives MOS +- std, N and a 95% t interval per (study, domain,
-  method, source), per-rater means, repeat consistency, straight-liner flags and Krippendorff's
-  ordinal alpha.
+  method, source) (ITU-T P.1401; reported clipped to the 1-5 scale and flagged where the t
+  interval passes a scale end, the unclipped ends kept), per-rater means, repeat consistency,
+  straight-liner flags and Krippendorff's ordinal alpha.
 
 ``study.json`` and the CSV hold the answers (which item is real): serve only ``items/`` to raters.
 """
@@ -737,6 +738,11 @@ def start_or_resume(home: str | Path, study_id: str, rater: str, ratings_path: s
 
 
 # ---------------------------------------------------------------- summary
+GROUP_COLUMNS: tuple[str, ...] = (
+    "study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "ci95_clipped", "ci95_t_low", "ci95_t_high",
+)  # what GroupStats.to_json and the groups CSV hold (the Results tab shows all but the unclipped ends)
+
+
 @dataclass(frozen=True)
 class GroupStats:
     """MOS of one condition: first ratings of one (study, domain, method, source)."""
@@ -748,9 +754,12 @@ class GroupStats:
     n: int  # ratings (raters x items, first ratings only)
     mos: float  # mean opinion score
     std: Optional[float]  # sample standard deviation (ddof=1); None when n < 2
-    ci95_low: Optional[float]  # 95% t interval of the mean (ratings taken as independent); None when n < 2
-    ci95_high: Optional[float]  # upper end of that interval
+    ci95_low: Optional[float]  # 95% t interval of the mean (ratings taken as independent), clipped to [1, 5]; None when n < 2
+    ci95_high: Optional[float]  # upper end of that interval, clipped to [1, 5]
     counts: tuple[int, ...]  # how many ratings gave 1, 2, 3, 4, 5
+    ci95_clipped: bool = False  # the t interval passed 1 or 5 (small n or scores at a scale end) and was clipped
+    ci95_t_low: Optional[float] = None  # the t interval as computed, unclipped (may lie outside 1-5)
+    ci95_t_high: Optional[float] = None
 
     @property
     def mos_pm_std(self) -> str:
@@ -758,7 +767,7 @@ class GroupStats:
         return f"{self.mos:.2f} +- {self.std:.2f}" if self.std is not None else f"{self.mos:.2f} (n=1)"
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high")}
+        return {k: getattr(self, k) for k in GROUP_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -799,7 +808,7 @@ class MOSSummary:
     def to_csv(self, table: Literal["groups", "raters"] = "groups") -> str:
         """One table as CSV text (groups also get the "MOS +- std" column); text cells neutralized."""
         if table == "groups":
-            header = ["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "mos_pm_std"]
+            header = [*GROUP_COLUMNS, "mos_pm_std"]
             records = [[*(g.to_json()[k] for k in header[:-1]), g.mos_pm_std] for g in self.groups]
         elif table == "raters":
             header = list(RaterStats.__dataclass_fields__)
@@ -815,10 +824,21 @@ class MOSSummary:
 
 
 def _t_interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The t interval of a mean (ITU-T P.1401), unbounded: for small n it can pass the ends of the scale."""
     from scipy import stats
 
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return mean - half, mean + half
+
+
+def clip_to_scale(low: float, high: float) -> tuple[float, float, bool]:
+    """(low, high) clipped to the score range [1, 5], and whether anything was clipped.
+
+    A mean of 1-5 scores cannot lie outside [1, 5], so the part of a t interval beyond a scale end
+    carries no information; reports show the clipped interval with a flag (the t interval is kept).
+    """
+    lo, hi = max(low, SCORES[0]), min(high, SCORES[-1])
+    return float(lo), float(hi), bool(lo != low or hi != high)
 
 
 def krippendorff_alpha_ordinal(ratings: Iterable[tuple[Any, str, int]]) -> Optional[float]:
@@ -873,9 +893,14 @@ def summarize(ratings: str | Path | Iterable[Rating]) -> MOSSummary:
         s = np.asarray(groups_scores[key], dtype=np.float64)
         n, mos = len(s), float(s.mean())
         std = float(s.std(ddof=1)) if n >= 2 else None
-        lo, hi = _t_interval(mos, std, n) if std is not None else (None, None)
         counts = tuple(int((s == v).sum()) for v in SCORES)
-        groups.append(GroupStats(*key, n=n, mos=mos, std=std, ci95_low=lo, ci95_high=hi, counts=counts))
+        if std is None:
+            groups.append(GroupStats(*key, n=n, mos=mos, std=None, ci95_low=None, ci95_high=None, counts=counts))
+            continue
+        t_lo, t_hi = _t_interval(mos, std, n)
+        lo, hi, clipped = clip_to_scale(t_lo, t_hi)
+        groups.append(GroupStats(*key, n=n, mos=mos, std=std, ci95_low=lo, ci95_high=hi, counts=counts,
+                                 ci95_clipped=clipped, ci95_t_low=t_lo, ci95_t_high=t_hi))
 
     per_rater: dict[tuple[str, str], list[int]] = defaultdict(list)
     for (study, rater, _), r in first.items():

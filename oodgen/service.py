@@ -180,8 +180,10 @@ def jobs_html(owner: str, limit: int = 6) -> str:
     """Progress bars of the owner's latest jobs (HTML; safe: user text is escaped)."""
     b = backend()
     jobs = b.jobs.jobs(owner)[:limit]
+    note = b.jobs.worker_note()  # another app process on this workspace runs the jobs
+    note_html = f"<div class='oodgen-worker-note'><i>{html.escape(note)}</i></div>" if note else ""
     if not jobs:
-        return "<div class='oodgen-jobs'><i>No jobs yet. Start an inversion in the Invert tab.</i></div>"
+        return f"<div class='oodgen-jobs'><i>No jobs yet. Start an inversion in the Invert tab.</i>{note_html}</div>"
     rows = []
     for j in jobs:
         pct = int(100 * j.fraction)
@@ -196,7 +198,7 @@ def jobs_html(owner: str, limit: int = 6) -> str:
         bar = f"<progress max='100' value='{pct if j.status != 'queued' else 0}'></progress>" if j.status in ACTIVE or j.status == "done" else ""
         rows.append(f"<div class='oodgen-job' data-status='{j.status}' id='job-{j.id}'><b>{_label(j)}</b> "
                     f"<span class='oodgen-status'>[{j.status}]</span> {bar} <span class='oodgen-detail'>{detail}</span></div>")
-    return "<div class='oodgen-jobs'>" + "".join(rows) + "</div>"
+    return "<div class='oodgen-jobs'>" + "".join(rows) + note_html + "</div>"
 
 
 def active_jobs(owner: str) -> list[tuple[str, str]]:
@@ -278,6 +280,59 @@ def _latents(owner: str, run_id: str) -> tuple[torch.Tensor, Any]:
                 _LATENTS.popitem(last=False)
         _LATENTS.move_to_end(rec.id)
         return _LATENTS[rec.id], rec
+
+
+class PairPicker:
+    """Which sample a thumbnail click sets, for one page session: i, then j, then i, ... in click order.
+
+    The page numbers its clicks (1, 2, 3, ... counted in the browser at the click), and the number
+    decides: odd clicks since the last :meth:`reset` set i, even ones j. Clicks faster than the
+    server's answers may reach it in another order; a click older than the last one applied to its
+    slot is then dropped, so each slot ends with its latest click. (A "next pick" value sent with
+    each click would be stale for the second of two quick clicks, which would both set i.) Kept in
+    the session's state on the server; a copy (a new session) starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._base = 0  # click number of the last reset
+        self._seen = 0  # highest click number seen
+        self._last = {"i": 0, "j": 0}  # click number applied to each slot
+        self._index = {"i": 0, "j": 0}  # sample index applied to each slot
+
+    def __deepcopy__(self, memo: dict) -> "PairPicker":
+        return PairPicker()
+
+    def pick(self, click: Optional[int], index: int) -> Optional[str]:
+        """The slot ("i" or "j") that click number ``click`` (1-based) sets to ``index``; None when a later click already set it.
+
+        ``click`` 0 or None (a client that does not number its clicks): the next number in arrival order.
+        """
+        with self._lock:
+            click = int(click) if click else self._seen + 1
+            self._seen = max(self._seen, click)
+            if click <= self._base:
+                return None  # made before the reset (on the thumbnails of the previous run)
+            which = "i" if (click - self._base) % 2 else "j"
+            if click < self._last[which]:
+                return None
+            self._last[which], self._index[which] = click, int(index)
+            return which
+
+    def note(self) -> str:
+        """One line on what the clicks so far set and what the next one sets."""
+        with self._lock:
+            if self._last["i"] <= self._base:
+                return "Click a thumbnail for sample i, then another for sample j."
+            if self._last["i"] > self._last["j"]:
+                return f"Sample i = {self._index['i']}; click another thumbnail for j."
+            return f"Sample j = {self._index['j']}."
+
+    def reset(self) -> None:
+        """The next click sets i again (another run was chosen)."""
+        with self._lock:
+            self._base = self._seen
+            self._last = {"i": self._base, "j": self._base}
 
 
 def run_thumbnails(owner: str, run_id: str) -> list[tuple[np.ndarray, str]]:
@@ -511,7 +566,8 @@ def results(token: Optional[str], study_id: Optional[str] = None) -> tuple[pd.Da
         token, study_id, "the Results are for the study owner: enter the admin token (OODGEN_ADMIN_TOKEN of this deployment)"))
     groups = pd.DataFrame([{**g.to_json(), "MOS ± std": g.mos_pm_std} for g in s.groups])
     if not groups.empty:
-        groups = groups[["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "MOS ± std"]].round(3)
+        # the 95% t interval clipped to the 1-5 scale (ci95_clipped marks where); the export also has the unclipped ends
+        groups = groups[["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high", "ci95_clipped", "MOS ± std"]].round(3)
     raters_df = pd.DataFrame([r.to_json() for r in s.raters]).round(3)
     alpha = "n/a (needs 2 raters on common items)" if s.krippendorff_alpha is None else f"{s.krippendorff_alpha:.3f}"
     note = f"**{s.n_ratings}** ratings" + (f" in study **{study_id}**" if study_id else "") + f"; Krippendorff's alpha (ordinal): **{alpha}**."

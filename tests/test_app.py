@@ -159,6 +159,23 @@ def test_alpha_slider_updates_image(page, tmp_path):
     _shot(page, tmp_path, "generate")
 
 
+def test_fast_thumbnail_clicks_alternate_i_and_j(page):
+    _tab(page, "Generate")
+    page.locator("#thumbs img").nth(50).wait_for(timeout=60_000)
+    values = "() => [document.querySelector('#i input[type=number]').value, document.querySelector('#j input[type=number]').value]"
+    # clicks made before the server answers the previous one: i, j, i, j ... in click order, none lost
+    for clicks, gap_ms in (([7, 30], 0), ([12, 44, 3, 60], 15), ([20, 21], 15), ([8, 9, 10, 11, 12, 13], 0)):
+        page.evaluate("([ks, gap]) => { const t = document.querySelectorAll('#thumbs img');"
+                      " ks.forEach((k, n) => gap ? setTimeout(() => t[k].click(), n * gap) : t[k].click()); }", [clicks, gap_ms])
+        expected = [str(clicks[-2]), str(clicks[-1])]
+        deadline = time.time() + 30
+        while page.evaluate(values) != expected and time.time() < deadline:
+            page.wait_for_timeout(200)
+        page.wait_for_timeout(1000)  # and no late answer overwrites them
+        assert page.evaluate(values) == expected, page.locator("#pick_note").inner_text()
+        assert page.locator("#pick_note").inner_text() == f"Sample j = {clicks[-1]}."
+
+
 def test_generate_set_and_download_zip(page, tmp_path):
     _tab(page, "Generate")
     _number(page, "gen_n", 8)

@@ -1,6 +1,11 @@
-"""The job queue: one worker, FIFO, progress and ETA, cancel, state on disk, resume after a restart."""
+"""The job queue: one worker, FIFO, progress and ETA, cancel, state on disk, resume after a restart,
+one worker per workspace across processes."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,6 +14,7 @@ import pytest
 from oodgen.ddim import Cancelled
 from oodgen.jobs import Job, JobQueue
 from oodgen.workspace import Workspace
+from tests.conftest import REPO
 
 
 def _counting(ctx):
@@ -122,3 +128,109 @@ def test_run_now_runs_in_the_calling_thread_without_a_worker(tmp_path):
     job = q.submit("count", "o", "in request", {"n": 3})
     assert q.get(job.id).status == "queued"
     assert q.run_now(job.id).status == "done" and q.get(job.id).result == "made-3"
+
+
+def _tagged(tag, ran, delay=0.01):
+    """A counting runner that says which queue ran it and records every job it ran."""
+
+    def run(ctx):
+        ran.append((tag, ctx.job.id))
+        n = ctx.params["n"]
+        for k in range(n + 1):
+            ctx.progress(k, n, "counting")
+            if ctx.cancelled():
+                raise Cancelled()
+            time.sleep(delay)
+        return f"{tag}-{n}"
+
+    return run
+
+
+def _until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_two_queues_on_one_workspace_run_each_job_once_in_the_lock_holder(tmp_path):
+    ran = []
+    a = JobQueue(Workspace(tmp_path), {"count": _tagged("a", ran), "forever": _until_cancelled})
+    b = JobQueue(Workspace(tmp_path), {"count": _tagged("b", ran), "forever": _until_cancelled})  # a second app process
+    jobs = [(a if k % 2 else b).submit("count", "anon-x", f"job {k}", {"n": 3}) for k in range(6)]
+    done = [b.wait(j.id, 60) for j in jobs]
+    assert [d.result for d in done] == ["a-3"] * 6  # b queued half of them; a ran them all
+    assert sorted(job_id for _, job_id in ran) == sorted(j.id for j in jobs)  # each exactly once
+    assert [d.started for d in done] == sorted(d.started for d in done)  # FIFO across both queues
+    assert {j.id: j.status for j in a.jobs()} == {j.id: j.status for j in b.jobs()}  # one truth: the files
+    assert a.runs_jobs and not b.runs_jobs
+    assert a.worker_note() is None and f"another app process (pid {os.getpid()}" in b.worker_note()
+
+    # cancel from the process that does not run the job
+    running = b.submit("forever", "anon-b", "long", {})
+    queued = b.submit("count", "anon-b", "waits", {"n": 3})
+    _until(lambda: b.get(running.id).status == "running")
+    assert b.position(queued.id) == 1
+    assert b.cancel(queued.id, "anon-b").status == "cancelled"
+    with pytest.raises(KeyError):
+        b.cancel(running.id, "anon-a")  # not someone else's
+    b.cancel(running.id, "anon-b")
+    assert b.wait(running.id, 30).status == "cancelled" and a.get(running.id).status == "cancelled"
+    assert a.get(queued.id).started is None  # never ran
+    assert not list((tmp_path / "jobs").glob("*.cancel"))  # the flag goes with the job
+
+    # the holder exits: the other queue takes the lock over and runs what is queued
+    ran.clear()
+    a.close()
+    after = a.submit("count", "anon-a", "after a left", {"n": 2})  # a can still queue
+    assert b.wait(after.id, 30).result == "b-2" and b.runs_jobs and ran == [("b", after.id)]
+
+
+_CHILD = """
+import sys, time
+from oodgen.ddim import Cancelled
+from oodgen.jobs import JobQueue
+from oodgen.workspace import Workspace
+
+def count(ctx):
+    n = ctx.params["n"]
+    for k in range(n + 1):
+        ctx.progress(k, n, "counting")
+        if ctx.cancelled():
+            raise Cancelled()
+        time.sleep(0.05)
+    return "child"
+
+q = JobQueue(Workspace(sys.argv[1]), {"count": count})
+print("holder" if q.runs_jobs else "not holder", flush=True)
+time.sleep(600)
+"""
+
+
+def test_jobs_of_a_crashed_holder_process_resume_in_the_next_one(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    try:
+        line = child.stdout.readline().strip()
+        assert line == "holder", child.stderr.read() if child.poll() is not None else line
+        ran = []
+        q = JobQueue(Workspace(tmp_path), {"count": _tagged("parent", ran)})
+        assert not q.runs_jobs and f"pid {child.pid}" in q.worker_note()
+
+        stopped = q.submit("count", "anon-a", "cancel me", {"n": 10_000})  # queued here, run by the child
+        _until(lambda: q.get(stopped.id).status == "running")
+        q.cancel(stopped.id, "anon-a")  # a flag file: the child's runner sees it
+        assert q.wait(stopped.id, 30).message == "cancelled; nothing was saved"
+
+        job = q.submit("count", "anon-a", "crash in the middle", {"n": 100})
+        _until(lambda: q.get(job.id).done >= 5)  # progress written by the child
+        os.kill(child.pid, signal.SIGKILL)  # no clean-up: the OS drops its lock
+        child.wait(30)
+        assert json.loads(Workspace(tmp_path).job_path(job.id).read_text())["status"] == "running"
+        done = q.wait(job.id, 60)  # this process takes over and resumes it
+        assert done.status == "done" and done.result == "parent-100" and done.resumed == 1
+        assert q.runs_jobs and ran == [("parent", job.id)]  # the cancelled job was not run again
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)

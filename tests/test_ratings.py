@@ -454,6 +454,49 @@ def test_summary_matches_hand_computation(summary_csv):
     assert s.n_ratings == 44 + 40
 
 
+def _rows(groups: dict) -> list:
+    """One first rating per score, each by its own rater on its own item."""
+    pairs = [(method, source, v) for (method, source), scores in groups.items() for v in scores]
+    return [R.Rating(timestamp="2025-05-03T09:00:00.000Z", study="s3", rater=f"r{k}", session="x", item=f"item_{k:02d}",
+                     source=source, domain="galaxy", method=method, model="", score=v, repeat=0, response_ms=None, comment="")
+            for k, (method, source, v) in enumerate(pairs)]
+
+
+def test_small_n_confidence_intervals_are_clipped_to_the_scale_and_flagged():
+    # n = 3, t(0.975, 2) = 4.302653 (tables): [1, 1, 3] has mean 5/3 and sd/sqrt(n) = sqrt(4/3)/sqrt(3) = 2/3,
+    # [5, 5, 4] has mean 14/3 and sd/sqrt(n) = 1/3, [3, 3, 4] mean 10/3 and also 1/3
+    s = R.summarize(_rows({("lerp", "generated"): [1, 1, 3], ("slerp", "generated"): [5, 5, 4], ("", "real"): [3, 3, 4]}))
+    g = {x.method: x for x in s.groups}
+    t = 4.302653
+    low = g["lerp"]
+    assert (low.ci95_t_low, low.ci95_t_high) == (pytest.approx(5 / 3 - t * 2 / 3, abs=1e-5), pytest.approx(5 / 3 + t * 2 / 3, abs=1e-5))
+    assert low.ci95_t_low == pytest.approx(-1.20177, abs=1e-5)  # the unclipped t interval passes the bottom of the scale
+    assert (low.ci95_low, low.ci95_high, low.ci95_clipped) == (1.0, pytest.approx(4.53510, abs=1e-5), True)
+    high = g["slerp"]
+    assert (high.ci95_low, high.ci95_high, high.ci95_clipped) == (pytest.approx(14 / 3 - t / 3, abs=1e-5), 5.0, True)
+    assert high.ci95_t_high == pytest.approx(6.10088, abs=1e-5)
+    mid = g[""]
+    assert (mid.ci95_low, mid.ci95_high) == (pytest.approx(10 / 3 - t / 3, abs=1e-5), pytest.approx(10 / 3 + t / 3, abs=1e-5))
+    assert not mid.ci95_clipped and (mid.ci95_t_low, mid.ci95_t_high) == (mid.ci95_low, mid.ci95_high)
+    one = R.summarize(_rows({("lerp", "generated"): [4]})).groups[0]
+    assert (one.ci95_low, one.ci95_high, one.ci95_clipped, one.ci95_t_low) == (None, None, False, None)  # n = 1: no interval
+    table = {t["method"]: t for t in csv.DictReader(io.StringIO(s.to_csv()))}
+    assert (table["lerp"]["ci95_low"], table["lerp"]["ci95_clipped"]) == ("1.0", "True")
+    assert float(table["lerp"]["ci95_t_low"]) == pytest.approx(-1.20177, abs=1e-5)
+
+
+def test_cli_summary_marks_clipped_intervals(tmp_path, capsys):
+    path = tmp_path / "ratings.csv"
+    R.write_ratings(path, _rows({("lerp", "generated"): [1, 1, 3], ("", "real"): [3, 3, 4]}))
+    assert main(["mos", "summary", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "[1.00, 4.54]*" in out and "[-1.20" not in out and "[1.90, 4.77] " in out  # only the clipped one is marked
+    assert "* clipped to the 1-5 scale" in out
+    assert main(["mos", "summary", str(path), "--json"]) == 0
+    lerp = next(g for g in json.loads(capsys.readouterr().out)["groups"] if g["method"] == "lerp")
+    assert lerp["ci95_low"] == 1.0 and lerp["ci95_clipped"] is True and lerp["ci95_t_low"] == pytest.approx(-1.20177, abs=1e-5)
+
+
 def test_krippendorff_alpha_on_published_example():
     # Krippendorff (2011): nominal 0.743, ordinal 0.815 on the same reliability data
     data = {"A": "1 2 3 3 2 1 4 1 2 . . .", "B": "1 2 3 3 2 2 4 1 2 5 . 3", "C": ". 3 3 3 2 3 4 2 2 5 1 .", "D": "1 2 3 3 2 4 4 1 2 5 1 ."}
@@ -466,7 +509,8 @@ def test_krippendorff_alpha_on_published_example():
 def test_summary_exports_and_figure(summary_csv):
     s = R.summarize(summary_csv)
     payload = json.loads(json.dumps(s.to_json(), allow_nan=False))
-    assert set(payload["groups"][0]) == {"study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high"}
+    assert set(payload["groups"][0]) == {"study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high",
+                                         "ci95_clipped", "ci95_t_low", "ci95_t_high"}
     assert payload["krippendorff_alpha"] == pytest.approx(0.815, abs=5e-4)
     table = list(csv.DictReader(io.StringIO(s.to_csv())))
     assert [t["mos_pm_std"] for t in table[:2]] == ["2.72 +- 1.53", "2.35 +- 0.83"]
@@ -491,8 +535,10 @@ def test_cli_summary_json_and_table(summary_csv, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert {"groups", "krippendorff_alpha"} <= set(payload)
     g = payload["groups"][1]
-    assert list(g) == ["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high"]
+    assert list(g) == ["study", "domain", "method", "source", "n", "mos", "std", "ci95_low", "ci95_high",
+                       "ci95_clipped", "ci95_t_low", "ci95_t_high"]
     assert (g["study"], g["method"], g["source"], g["n"]) == ("s1", "slerp", "generated", 23)
+    assert g["ci95_clipped"] is False and (g["ci95_t_low"], g["ci95_t_high"]) == (g["ci95_low"], g["ci95_high"])
     assert main(["mos", "summary", str(summary_csv)]) == 0
     out = capsys.readouterr().out
     assert "2.35 +- 0.83" in out and "2.72 +- 1.53" in out and "0.815" in out and "straight-liner" in out
