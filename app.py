@@ -443,9 +443,10 @@ def build() -> gr.Blocks:
 
         # ---- events
         load_outputs = [key, owner, jobs, dataset, diag_run, gen_run, generated, study, rater, res_study, st_gen, st_real, jobs_seen, runs, cancel_pick]
-        demo.load(on_load, [key, prefs], load_outputs).then(
-            service.model_summary, model, model_info).then(
+        loaded = demo.load(on_load, [key, prefs], load_outputs)
+        loaded.then(service.model_summary, model, model_info).then(
             on_rate_resume, prefs, [rate_image, rate_progress, instructions, position, shown_ms])
+        loaded.then(service.resume_in_request, owner, jobs, show_progress="hidden")  # ZeroGPU: jobs a restart left queued
         model.change(service.model_summary, model, model_info)
         diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
         timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen],

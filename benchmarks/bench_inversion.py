@@ -45,6 +45,13 @@ CHURCH_256 = dict(  # google/ddpm-ema-church-256's UNet2DModel config (random we
     up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
 )
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+TARGET_IMAGE_STEPS, TARGET_S = 1000 * 80, 150.0  # the GPU target: 1,000 images x 80 steps at 256x256 within 150 s on one H100 / H200
+
+
+def target_projection(rate: float) -> tuple[str, str]:
+    """(time, against the target) of 1,000 images x 80 steps at ``rate`` image-steps/s: the GPU target's workload."""
+    t = TARGET_IMAGE_STEPS / rate
+    return f"{t:,.0f} s", f"{t / TARGET_S:.2f} of the {TARGET_S:.0f} s target (256x256 on one H100/H200)"
 
 
 def device_name(device: torch.device) -> str:
@@ -250,6 +257,8 @@ def print_report(r: dict) -> None:
           + (f", compiled vs plain {c['diff_vs_plain']:.2e}, compiled vs oodgen {c['diff_vs_oodgen']:.2e}" if c else "") + f" ({tol})")
     if "auto_batch" in r:
         print(f"{'auto batch size (' + r['dtype'] + ')':29s}: {auto_batch_text(r['auto_batch'])}")
+    when, versus = target_projection(max(f["rate"], c["rate"] if c else 0.0))
+    print(f"1,000 images x 80 steps      : {when} at the best steady rate = {versus}")
     if "tflops" in r:
         print(f"forward: {r['gflop_per_image_step']:.1f} GFLOP/image; achieved {r['tflops']:.1f} TFLOP/s"
               + (f" = {r['peak_fraction']:.1%} of dense bf16 peak" if r["peak_fraction"] else ""))

@@ -60,6 +60,11 @@ def markdown(inv: dict, diag: dict, prec: dict | None = None) -> str:
         ]
     diffs = f"oodgen {f['diff_vs_plain']:.1e}" + (f", compiled {c['diff_vs_plain']:.1e}" if c else "")
     rows.append(("inversion", "max abs latent difference vs plain loop", diffs, "float32 tolerance 1e-4" if inv["dtype"] == "float32" else "reduced precision"))
+    rows.append(("inversion", "1,000 images x 80 steps (projected from the best rate)",
+                 *bench_inversion.target_projection(max(f["rate"], c["rate"] if c else 0.0))))
+    if "tflops" in inv:
+        rows.append(("inversion", "achieved TFLOP/s", f"{inv['tflops']:.1f} ({inv['gflop_per_image_step']:.1f} GFLOP per forward)",
+                     f"{inv['peak_fraction']:.1%} of dense bf16 peak (target about 40%)" if inv["peak_fraction"] else "peak unknown for this device"))
     if "auto_batch" in inv:
         rows.append(("inversion", f"auto batch size ({inv['dtype']}, engine.auto_batch_size)", bench_inversion.auto_batch_text(inv["auto_batch"]), ""))
 

@@ -222,6 +222,18 @@ def run_in_request(job: Job) -> None:
         backend().jobs.run_now(job.id)
 
 
+def resume_in_request(owner: str) -> str:
+    """On ZeroGPU, run the owner's jobs that a restart left queued, oldest first, inside this page event.
+
+    Elsewhere the worker thread resumes them by itself and this does nothing. Returns the jobs panel.
+    """
+    if zerogpu.active() and owner:
+        for job in reversed(backend().jobs.jobs(owner)):  # oldest first
+            if job.status == "queued":
+                backend().jobs.run_now(job.id)
+    return jobs_html(owner)
+
+
 def jobs_stamp(owner: str) -> str:
     """Changes whenever one of the owner's jobs changes state (cheap; for deciding to refresh lists)."""
     return "|".join(f"{j.id}:{j.status}" for j in backend().jobs.jobs(owner))

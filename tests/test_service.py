@@ -125,3 +125,30 @@ def test_a_second_process_on_the_workspace_queues_jobs_for_the_first(tmp_path, m
     finally:
         first.close()
         monkeypatch.setattr(service, "_BACKEND", None)
+
+
+def test_on_zerogpu_a_page_load_runs_the_jobs_a_restart_left_queued(tmp_path, monkeypatch):
+    from oodgen import jobs, zerogpu
+
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
+    monkeypatch.setattr(zerogpu, "active", lambda: True)  # ZeroGPU mode: no worker thread; page events run jobs
+    ran = []
+    runners = {"echo": lambda ctx: ran.append(ctx.params["k"]) or f"r{ctx.params['k']}"}
+    ws = Workspace(tmp_path)
+    before = jobs.JobQueue(ws, runners, start=False)  # the process before the restart queued two jobs, then died
+    first, second = before.submit("echo", "anon-a", "one", {"k": 1}), before.submit("echo", "anon-a", "two", {"k": 2})
+    other = before.submit("echo", "anon-b", "theirs", {"k": 3})
+    before.close()
+    monkeypatch.setattr(service, "_BACKEND", service.Backend(ws, jobs.JobQueue(ws, runners, start=False), service.Limits()))
+    try:
+        panel = service.resume_in_request("anon-a")
+        assert ran == [1, 2]  # oldest first, and only this owner's
+        assert all(service.backend().jobs.get(j.id).status == "done" for j in (first, second))
+        assert service.backend().jobs.get(other.id).status == "queued"
+        assert "one" in panel and "two" in panel
+        monkeypatch.setattr(zerogpu, "active", lambda: False)  # elsewhere the worker thread resumes jobs: nothing to do here
+        service.resume_in_request("anon-b")
+        assert ran == [1, 2]
+    finally:
+        service.backend().jobs.close()
+        monkeypatch.setattr(service, "_BACKEND", None)
