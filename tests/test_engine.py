@@ -297,3 +297,53 @@ def test_a_prefetched_batch_is_restaged_after_an_out_of_memory_retry(monkeypatch
     got = engine.invert(model(Linear(max_batch=3)), X, DDIMSettings(t_end=900, steps=3, batch_size=4))
     assert torch.allclose(got, want, atol=1e-6)
     assert staged == [(0, 4), (0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+
+
+# ---------------------------------------------------------------- the CUDA paths (skipped without a GPU; run them on one)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_inversion_with_prefetch_equals_cpu():
+    """The pinned-memory side-stream prefetch and the sync-free step loop give the CPU's latents (float32, 1e-4)."""
+    import copy
+
+    from tests.conftest import tiny_unet
+
+    unet = tiny_unet(sample_size=32).eval().requires_grad_(False)
+    cpu = FrozenDDPM(unet, linear_alphas_cumprod(), "tiny", 32, 3, torch.device("cpu"), torch.float32)
+    gpu = FrozenDDPM(copy.deepcopy(unet).cuda(), linear_alphas_cumprod(), "tiny", 32, 3, torch.device("cuda"), torch.float32)
+    x = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    s = DDIMSettings(t_end=900, steps=6, batch_size=4)  # 3 batches: two prefetches
+    assert engine._Stager(x, gpu.device).stream is not None
+    z_gpu, z_cpu = engine.invert(gpu, x, s), engine.invert(cpu, x, s)
+    assert z_gpu.device.type == "cpu" and (z_gpu - z_cpu).abs().max().item() < 1e-4
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_reduced_precision_reconstruction_within_0_005_of_float32(dtype):
+    from tests.conftest import SAMPLES, require_bundled_model
+
+    require_bundled_model()
+    from oodgen.data import load_paths, to_model_input
+
+    s = DDIMSettings(t_end=900, steps=20, batch_size=64)
+    for name in ("galaxy", "radiation"):
+        samples = load_paths([SAMPLES / name]).samples
+        maes = {}
+        for dt in ("float32", dtype):
+            m = load_model(device="cuda", dtype=dt)
+            x, _ = to_model_input(samples, m.resolution, m.channels)
+            maes[dt] = engine.reconstruct(m, x, s).summary()["mae"]
+        assert abs(maes[dtype] - maes["float32"]) < 0.005, (name, maes)
+
+
+@cuda
+def test_cuda_compiled_channels_last_model_matches_the_plain_one():
+    m = load_model(device="cuda")
+    x = torch.rand(8, 3, m.resolution, m.resolution, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    s = DDIMSettings(t_end=900, steps=4, batch_size=8)
+    plain = engine.invert(m, x, s)
+    c = load_model(device="cuda", compile=True)
+    assert (engine.invert(c, x, s) - plain).abs().max().item() < 1e-3  # compiled kernels differ in rounding only
