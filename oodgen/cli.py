@@ -129,9 +129,13 @@ def _skipped(message: str) -> None:
 
 def _read_inputs(paths: Sequence[str]) -> list:
     """Samples from files/folders/zips; skipped files reported on stderr, CLIError when none is usable."""
-    from .data import load_paths
+    from .data import TooManyFiles, load_paths
 
-    report = load_paths(paths)
+    try:
+        report = load_paths(paths)
+    except TooManyFiles as e:
+        raise CLIError(f"{str(e).split(';')[0]}: this command holds every image in memory; pass a subset, or use `invert`, "
+                       "which streams any number of files, and work on its latent file") from None
     for _, msg in report.errors:
         _skipped(msg)
     if report.ignored:

@@ -106,8 +106,12 @@ class DataError(ValueError):
     """A file cannot be used; the message names the file, the problem and how to fix it."""
 
 
-def _err(name: str, problem: str, fix: str = "") -> DataError:
-    return DataError(f"{name}: {problem}" + (f"; {fix}" if fix else ""))
+class TooManyFiles(DataError):
+    """More data files than the ``max_files`` of :func:`list_files` / :func:`load_paths`."""
+
+
+def _err(name: str, problem: str, fix: str = "", cls: type[DataError] = DataError) -> DataError:
+    return cls(f"{name}: {problem}" + (f"; {fix}" if fix else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -747,7 +751,7 @@ def _walk(root: Path, listing: FileList, budget: int | None, max_files: int | No
                 continue
             found.append((rel, folder / fn))
             if budget is not None and len(found) > budget:
-                raise _err(str(root), f"more than {max_files} data files in all", "pass a smaller folder, or raise max_files")
+                raise _err(str(root), f"more than {max_files} data files in all", "pass a smaller folder, or raise max_files", TooManyFiles)
     found.sort(key=lambda t: t[0])
     return [("/".join((base, *rel)), p) for rel, p in found]
 
@@ -778,7 +782,7 @@ def list_files(paths: Sequence[str | Path] | str | Path, max_files: int | None =
         else:
             listing.errors.append((str(p), str(_err(str(p), "no such file or folder", "check the path"))))
         if max_files is not None and len(listing.files) > max_files:
-            raise _err(str(p), f"more than {max_files} data files given in all", "pass fewer files, or raise max_files")
+            raise _err(str(p), f"more than {max_files} data files given in all", "pass fewer files, or raise max_files", TooManyFiles)
     return listing
 
 

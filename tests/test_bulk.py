@@ -237,3 +237,13 @@ def test_at_most_two_chunks_of_input_are_alive_at_once(tmp_path, monkeypatch):
 
     bulk.invert_chunks(plan, range(6), bulk.ChunkStore(tmp_path / "parts"), invert, steps=1)
     assert len(most) == 6 and max(most) <= 2, most
+
+
+def test_in_memory_commands_point_to_invert_beyond_their_file_limit(tmp_path, monkeypatch, capsys):
+    from oodgen import data
+
+    _pngs(tmp_path / "imgs", 4)
+    monkeypatch.setattr(data.load_paths, "__defaults__", (3,))  # max_files 3 instead of 10,000
+    assert cli.main(["-q", "reconstruct", "--input", str(tmp_path / "imgs")]) == 2
+    err = capsys.readouterr().err
+    assert "more than 3 data files in all: this command holds every image in memory" in err and "use `invert`" in err
