@@ -19,6 +19,7 @@ from .config import METHODS, DDIMSettings, GenerationSettings
 log = logging.getLogger("oodgen")
 
 EXIT_USAGE = 2
+MAX_DIAGNOSE = 2000  # latents per file that `diagnose` uses (the paper: 1,000; 2,000 at d = 196,608 is 1.6 GB); more are sampled
 
 
 class CLIError(Exception):
@@ -358,16 +359,32 @@ def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from . import diagnostics, engine
-    from .latents import load_latents
+    from .latents import count_latents, load_latents
 
-    z_ood, meta = load_latents(args.ood)
-    names_ood = [s["name"] for s in meta.get("sources") or []] or None
+    if args.max_n < 2:
+        raise CLIError(f"--max-n {args.max_n} must be at least 2")
+
+    def sample(path: str) -> tuple:
+        """(latents, metadata, names) of at most --max-n latents of ``path``: a seeded random subset, in file order."""
+        import numpy as np
+
+        n = count_latents(path)
+        rows = None
+        if n > args.max_n:
+            rows = sorted(np.random.default_rng(args.seed).choice(n, size=args.max_n, replace=False).tolist())
+            print(f"oodgen: {path}: diagnosing a random {args.max_n:,} of its {n:,} latents (--max-n)", file=sys.stderr)
+        z, meta = load_latents(path, rows)
+        names = [s["name"] for s in meta.get("sources") or []] or None
+        if names is not None and rows is not None:
+            names = [names[i] for i in rows]
+        return z, meta, names
+
+    z_ood, meta, names_ood = sample(args.ood)
     if args.id:
-        z_id, meta_id = load_latents(args.id)
+        z_id, meta_id, names_id = sample(args.id)
         if meta_id.get("t_end") != meta.get("t_end") or meta_id.get("model") != meta.get("model"):
             print(f"oodgen: warning: ID latents (model {meta_id.get('model')}, t={meta_id.get('t_end')}) and OOD latents "
                   f"(model {meta.get('model')}, t={meta.get('t_end')}) differ", file=sys.stderr)
-        names_id = [s["name"] for s in meta_id.get("sources") or []] or None
         id_source = f"inverted in-domain images from {args.id} (n={len(z_id)})"
     else:
         t_end = int(meta.get("t_end", 999))
@@ -482,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="OUT", help="write all numbers as JSON")
     s.add_argument("--html", metavar="OUT", help="write a self-contained HTML report (table and every plot)")
     s.add_argument("--no-umap", action="store_true", help="skip UMAP (faster)")
+    s.add_argument("--max-n", type=int, default=MAX_DIAGNOSE, metavar="N",
+                   help=f"diagnose a seeded random N of the latents of a larger file, read without loading the rest (default: {MAX_DIAGNOSE:,})")
     s.add_argument("--seed", type=int, default=0, help="seed of splits, triplets, UMAP and prior draws")
     _add_model_args(s, default_model=None)
     s.set_defaults(func=cmd_diagnose)

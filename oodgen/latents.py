@@ -14,7 +14,7 @@ import struct
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -115,15 +115,33 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(latents [N, C, H, W] float32, metadata) of a latent file."""
+def load_latents(path: str | Path, rows: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(latents [N, C, H, W] float32, metadata) of a latent file.
+
+    With ``rows`` (increasing indices) only those latents are read, from the memory-mapped file: for
+    files larger than memory. The metadata is then that of the whole file.
+    """
     path = Path(path)
     meta = read_metadata(path)
     with _open(path) as f:
-        x = f.get_tensor(TENSOR)
+        if rows is None:
+            x = f.get_tensor(TENSOR)
+        else:
+            sl = f.get_slice(TENSOR)
+            n = sl.get_shape()[0]
+            bad = [i for i in rows if not 0 <= i < n]
+            if bad:
+                raise LatentFileError(f"{path}: rows {bad[:3]} are outside 0..{n - 1}")
+            x = torch.cat([sl[i : i + 1] for i in rows]) if len(rows) else torch.zeros((0, *sl.get_shape()[1:]))
     if x.ndim != 4:
         raise LatentFileError(f"{path}: tensor {TENSOR!r} has shape {tuple(x.shape)}, expected [N, C, H, W]")
     return x.float(), meta
+
+
+def count_latents(path: str | Path) -> int:
+    """N of a latent file, without reading the tensor."""
+    with _open(Path(path)) as f:
+        return int(f.get_slice(TENSOR).get_shape()[0])
 
 
 def sources_of(samples: Any) -> list[dict[str, str]]:

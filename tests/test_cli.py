@@ -158,3 +158,26 @@ def test_batch_size_auto_is_the_default_and_falls_back_when_the_probe_fails(tiny
     with pytest.raises(SystemExit):
         main([*common, "--batch-size", "0"])
     assert "0 must be at least 1" in capsys.readouterr().err
+
+
+def test_diagnose_samples_large_latent_files_without_loading_them(tmp_path, capsys):
+    from oodgen.latents import count_latents, save_latents
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 3, 4, 4, generator=g) + 3.0
+    sources = [{"name": f"g{k:02d}.png", "sha256": "0" * 64} for k in range(40)]
+    save_latents(tmp_path / "ood.safetensors", z, {"t_end": 999, "sources": sources})
+    assert count_latents(tmp_path / "ood.safetensors") == 40
+    rows = [0, 5, 39]
+    part, meta = load_latents(tmp_path / "ood.safetensors", rows)
+    assert torch.equal(part, z[rows]) and len(meta["sources"]) == 40
+    out = tmp_path / "d.json"
+    assert main(["-q", "diagnose", "--ood", str(tmp_path / "ood.safetensors"), "--id-prior", "12", "--max-n", "10", "--no-umap",
+                 "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "diagnosing a random 10 of its 40 latents (--max-n)" in err
+    report = json.loads(out.read_text())
+    assert report["n_ood"] == 10 and report["n_id"] == 12
+    assert main(["-q", "diagnose", "--ood", str(tmp_path / "ood.safetensors"), "--id-prior", "12", "--max-n", "1"]) == 2
