@@ -68,15 +68,16 @@ def on_load(key, prefs, profile: Optional[gr.OAuthProfile] = None):
 def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen):
     """Once a second: job progress; lists when a job finished; diagnostics when their cache changed."""
     if not owner:
-        return [gr.skip()] * 16
+        return [gr.skip()] * 17
     stamp = service.jobs_stamp(owner)
     out = [service.jobs_html(owner)]
     if stamp != seen:
         runs, gens = service.run_choices(owner), service.generated_choices(owner)
         out += [stamp, _dd(runs, keep=run_d), _dd(runs, keep=run_g), _dd(gens, keep=gen_id),
-                gr.Dropdown(choices=service.active_jobs(owner), value=None), service.runs_table(owner)]
+                gr.Dropdown(choices=service.active_jobs(owner), value=None), service.runs_table(owner),
+                gr.Dropdown(choices=gens)]  # the study creator's generated sets (its picks are kept)
     else:
-        out += [gr.skip()] * 6
+        out += [gr.skip()] * 7
     dstamp = service.diagnostics_stamp(owner, diag_run, ref)
     if dstamp != diag_seen:
         out += [dstamp, *_diag_outputs(owner, diag_run, ref)]
@@ -450,7 +451,7 @@ def build() -> gr.Blocks:
         model.change(service.model_summary, model, model_info)
         diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
         timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen],
-                   [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, diag_seen, *diag_outputs],
+                   [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, st_gen, diag_seen, *diag_outputs],
                    concurrency_limit=None, show_progress="hidden")
         cancel_btn.click(on_cancel, [owner, cancel_pick], [cancel_note, jobs])
 
