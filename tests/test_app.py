@@ -196,6 +196,13 @@ def test_generate_set_and_download_zip(page, tmp_path):
     assert sum(n.endswith(".png") for n in names) == 8
     assert any(n.endswith("generated.json") for n in names) and any(n.endswith("latents.safetensors") for n in names)
     _shot(page, tmp_path, "generate_set")
+    # without a reload, the new set is offered to the study creator in the Results tab
+    _tab(page, "Results")
+    page.get_by_text("Create a study").click()
+    page.locator("#st_gen input").click()
+    page.get_by_role("option", name="browser set").first.wait_for(timeout=10_000)
+    page.keyboard.press("Escape")
+    page.get_by_text("Create a study").click()  # closed again, as the later tests expect
 
 
 def test_job_survives_reload_and_can_be_cancelled(page, tmp_path):
