@@ -34,6 +34,7 @@ import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -86,8 +87,9 @@ class BulkPlan:
     settings_key: str  # model, DDIM settings and precision, as text (part of every chunk key)
     chunk_files: int = CHUNK_FILES  # files per chunk
 
-    @property
+    @cached_property
     def chunks(self) -> list[tuple[int, int]]:
+        """[start, stop) file ranges of the chunks (:func:`chunk_ranges`)."""
         return chunk_ranges(len(self.files), self.chunk_files)
 
     def chunk_key(self, k: int) -> str:
@@ -102,7 +104,6 @@ class BulkPlan:
 class ChunkInput:
     """One chunk read and converted: model input x [n, C, R, R] in [-1, 1], and what was read and skipped."""
 
-    k: int  # chunk index
     x: torch.Tensor  # [n, C, R, R]; n may be 0 when every file of the chunk was skipped
     samples: list[Sample]  # the n samples, in order
     errors: list[tuple[str, str]] = field(default_factory=list)  # (name, message) of skipped files and samples
@@ -139,9 +140,9 @@ def read_chunk(plan: BulkPlan, k: int, pool: Optional[ThreadPoolExecutor] = None
             else:
                 errors.append((s.name, f"{s.name}: {why}"))
     if not samples:
-        return ChunkInput(k, torch.zeros((0, plan.channels, plan.resolution, plan.resolution)), [], errors)
+        return ChunkInput(torch.zeros((0, plan.channels, plan.resolution, plan.resolution)), [], errors)
     x, _ = to_model_input(samples, plan.resolution, plan.channels, plan.stretch)
-    return ChunkInput(k, x, samples, errors)
+    return ChunkInput(x, samples, errors)
 
 
 def probe(files: Sequence[tuple[str, Path]], max_fit_files: int = STRETCH_FILES) -> tuple[str, Optional[Stretch], Optional[str]]:

@@ -28,7 +28,7 @@ from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, from_model_output, list_files, load_paths, to_model_input, to_uint8_rgb
 from .jobs import JobContext
-from .latents import inversion_metadata, load_latents, save_latents, sources_of
+from .latents import inversion_metadata, load_latents, save_latents, save_latents_from_parts
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError, write_json
 
@@ -139,12 +139,12 @@ def run_invert(ctx: JobContext) -> str:
     if not sources:
         raise ValueError(f"dataset {ds_name!r} has no usable images" + (f" ({skipped[0][1]})" if skipped else ""))
     ctx.progress(len(sources) * settings.steps, len(sources) * settings.steps, "saving")
-    z = torch.cat(list(bulk.chunk_parts(plan, store, chunks)))
     thumbs = np.concatenate([to_uint8_rgb(bulk.read_chunk(plan, k).x) for k in chunks if metas[k]["sources"]])  # the same samples, read again
     meta = inversion_metadata(model.name, None, model.resolution, settings, kind, sources, stretch)
+    shape = (len(sources), model.channels, model.resolution, model.resolution)
 
     def fill(tmp: Path) -> dict:
-        save_latents(tmp / LATENTS, z, meta)
+        save_latents_from_parts(tmp / LATENTS, bulk.chunk_parts(plan, store, chunks), shape, meta)
         np.save(tmp / THUMBS, thumbs)
         return {"n": len(sources), "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": kind,
                 "settings": settings.to_json(), "names": [s["name"] for s in sources],
