@@ -427,6 +427,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import evaluation, quality
+
+    settings = quality.QualitySettings(kind=args.kind, n_boot=args.n_boot, morph_max=args.morph_max, workers=args.workers, seed=args.seed)
+    real = evaluation.load_set(args.real, name="real")
+    side = real.x.shape[1]
+    gen = evaluation.load_set(args.generated, name=args.label or Path(args.generated).name, unit=real.unit, bands=real.bands)
+    baselines = [evaluation.load_set(b, unit=real.unit, bands=real.bands) for b in args.baseline or []]
+    for s in (gen, *baselines):
+        if s.note:
+            print(f"oodgen: {s.name}: {s.note}", file=sys.stderr)
+    with _progress_bar("evaluate", args.quiet) as update:
+        ev = evaluation.evaluate_sets(gen, real, baselines, args.kind, settings, with_crossfade=not args.no_crossfade,
+                                      progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
+    evaluation.write_quality_report(ev, args.json, args.html)
+    print(f"kind: {ev.report.kind}; real: {len(real.x)} images at {side}x{side}; each set compared with half B of the real set")
+    print(evaluation.summary_text(ev))
+    print(f"farthest from the floor ({gen.name}): {', '.join(ev.report.worst(gen.name))}")
+    return 0
+
+
 def cmd_convert_adm(args: argparse.Namespace) -> int:
     from . import adm
 
@@ -526,6 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", metavar="OUT", help="write the sweep plot as self-contained HTML")
     _add_model_args(s)
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("evaluate", help="compare a generated set with real images: statistics, C2ST, floors, baselines, memorization")
+    s.add_argument("--generated", required=True, metavar="DIR", help="generated set (folder from `generate`; physical .npy preferred over PNG)")
+    s.add_argument("--real", required=True, nargs="+", metavar="PATH", help="real images or maps (the set the latents came from)")
+    s.add_argument("--baseline", nargs="*", metavar="DIR", help="other generated sets to put beside it (other methods or settings)")
+    s.add_argument("--kind", choices=("auto", "galaxy", "physical", "image"), default="auto",
+                   help="statistics family (default auto: physical for maps with units, galaxy when the real folder is named so, else image)")
+    s.add_argument("--label", help="name of the generated set in tables (default: its folder name)")
+    s.add_argument("--no-crossfade", action="store_true", help="leave out the pixel-crossfade baseline")
+    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the CIs (default: 200)")
+    s.add_argument("--morph-max", type=int, default=200, help="galaxy: statmorph on at most this many images per set (default: 200)")
+    s.add_argument("--workers", type=int, default=2, help="processes for statmorph (default: 2)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    s.add_argument("--html", metavar="OUT", help="write the report as one offline HTML page (table, figures, montages)")
+    s.set_defaults(func=cmd_evaluate)
 
     from .cli_mos import add_mos_commands  # imported here: cli_mos and cli must not import each other at load time
 

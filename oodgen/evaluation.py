@@ -1,0 +1,254 @@
+"""Files in, quality report out: load a generated set and a real set, run :func:`quality.evaluate`, write JSON/HTML.
+
+The command line (``python -m oodgen evaluate``), the app's Quality job and the bandwidth search call
+these functions, so a quality report has one format whichever front end wrote it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import quality
+from .data import DataError, Sample, Stretch, fit_stretch, load_paths, square_resize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A set of images or physical maps as one array, with what is known about it."""
+
+    name: str  # label shown in tables (folder name unless given)
+    x: np.ndarray  # float32 [N, H, W, C]: [0, 1] for images, data units for physical maps
+    kind: str  # "image" or "physical" (the data module's kinds)
+    unit: Optional[str]  # physical unit, if known
+    bands: Optional[tuple[str, ...]]  # band names, if known
+    samples: tuple[Sample, ...]  # the samples it was built from (display stretch, names)
+    note: str = ""  # what was done to it (resampling, previews ignored)
+
+
+def _stack(samples: Sequence[Sample], side: int) -> np.ndarray:
+    """Samples -> [N, side, side, C] (centre-cropped and resampled like model inputs), grey -> RGB when mixed."""
+    c = max(s.channels for s in samples)
+    out = []
+    for s in samples:
+        t = square_resize(torch.from_numpy(np.ascontiguousarray(s.data.transpose(2, 0, 1))), side)
+        if t.shape[0] != c:
+            t = t.expand(c, -1, -1)
+        out.append(t.permute(1, 2, 0).numpy())
+    return np.stack(out).astype(np.float32)
+
+
+def load_set(path: str | Path | Sequence[str | Path], name: Optional[str] = None, side: Optional[int] = None,
+             unit: Optional[str] = None, bands: Optional[Sequence[str]] = None) -> ImageSet:
+    """Read a folder, files or zip archives as one :class:`ImageSet`.
+
+    A folder holding both physical arrays and PNG previews (a generated set of physical maps) is read
+    as the physical arrays. ``side``: resample every item to side x side (default: the first item's
+    short side). ``unit``/``bands`` fill in what the files do not record (a generated set's
+    ``generated.json`` names its unit).
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    rep = load_paths(paths, max_files=None)
+    label = name or ", ".join(Path(p).name for p in paths)
+    if not rep.samples:
+        why = "; ".join(f"{n}: {m}" for n, m in rep.errors[:3]) or "no image or array files found"
+        raise DataError(f"{label}: nothing to evaluate ({why}); point at a folder of PNG/JPEG/TIFF, FITS or .npy files")
+    phys = [s for s in rep.samples if s.kind == "physical"]
+    samples = phys if phys else rep.samples
+    notes = []
+    if phys and len(phys) < len(rep.samples):
+        notes.append(f"{len(rep.samples) - len(phys)} PNG previews ignored (physical arrays used)")
+    if len({s.channels for s in samples}) > 1 and phys:
+        raise DataError(f"{label}: physical maps with different band counts; evaluate one kind of data at a time")
+    natural = min(min(s.data.shape[:2]) for s in samples)
+    side = side or natural
+    if any(min(s.data.shape[:2]) != side for s in samples):
+        notes.append(f"resampled from {natural}x{natural} to {side}x{side}")
+    manifest_unit, manifest_bands = _generated_manifest(paths)
+    s0 = samples[0]
+    return ImageSet(label, _stack(samples, side), s0.kind, s0.unit or unit or manifest_unit,
+                    tuple(bands) if bands else (s0.bands or manifest_bands), tuple(samples), "; ".join(notes))
+
+
+def _generated_manifest(paths: Sequence[str | Path]) -> tuple[Optional[str], Optional[tuple[str, ...]]]:
+    """(unit, bands) recorded in a generated set's ``generated.json``, if any."""
+    for p in paths:
+        f = Path(p) / "generated.json"
+        if f.is_file():
+            try:
+                m = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return None, None
+            st = (m.get("stretch") or {}) if isinstance(m, dict) else {}
+            bands = st.get("bands") or m.get("bands")
+            return m.get("unit") or st.get("unit"), tuple(bands) if bands else None
+    return None, None
+
+
+def resolve_kind(kind: str, real: ImageSet) -> str:
+    """``auto`` -> physical for physical data, galaxy when the set's name says so, else image."""
+    if kind != "auto":
+        if kind == "physical" and real.kind != "physical":
+            raise DataError(f"{real.name}: --kind physical needs physical arrays (.npy/FITS with units), these are images")
+        return kind
+    return "physical" if real.kind == "physical" else quality.detect_kind(None, real.x.shape[-1], real.name)
+
+
+def display_rgb(s: ImageSet, stretch: Optional[Stretch]) -> np.ndarray:
+    """uint8 [N, H, W, 3] for montages: images as they are; physical maps through ``stretch`` (RGB = longest band first)."""
+    x = s.x
+    if s.kind == "physical" and stretch is not None:
+        x = stretch.forward(x)[..., ::-1]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, -1)
+    return (np.clip(x[..., :3], 0, 1) * 255).round().astype(np.uint8)
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation: the report, the sets it compared, and the display stretch."""
+
+    report: quality.QualityReport
+    real: ImageSet
+    sets: dict[str, ImageSet]
+    stretch: Optional[Stretch]
+
+    def figures(self) -> dict:
+        rep = self.report
+        figs = {"distances": quality.distance_figure(rep), "histograms": quality.histograms_figure(rep)}
+        arrays = {"real": self.real.x, **{k: v.x for k, v in self.sets.items()}}
+        figs["power spectra"] = quality.spectra_figure(arrays, self.real.bands, log_intensity=self.real.kind == "physical")
+        figs["memorization"] = quality.memorization_figure(rep)
+        return figs
+
+    def montage(self, k: int = 8, seed: int = 0) -> np.ndarray:
+        """uint8 picture: a row of k real images, then k of each set, all at the real set's display stretch."""
+        rng = np.random.default_rng(seed)
+        rows, labels = [], []
+        for label, s in [("real", self.real), *self.sets.items()]:
+            idx = np.sort(rng.permutation(len(s.x))[:k])
+            rows.append(display_rgb(s, self.stretch)[idx])
+            labels.append(label)
+        return quality.montage(rows, labels)
+
+    def nn_pairs(self, label: str, k: int = 8) -> np.ndarray:
+        """uint8 picture: the k generated images of ``label`` closest to a real one (top) over that real image (bottom)."""
+        c = next(c for c in self.report.sets if c.label == label)
+        d = np.asarray(c.memorization["nn_distances"])
+        order = np.argsort(d)[:k]
+        gen = display_rgb(self.sets[label], self.stretch)[order]
+        real = display_rgb(self.real, self.stretch)[np.asarray(c.memorization["nn_index"])[order]]
+        return quality.montage([gen, real], [label, "nearest real"])
+
+
+def evaluate_sets(generated: ImageSet, real: ImageSet, baselines: Sequence[ImageSet] = (), kind: str = "auto",
+                  settings: quality.QualitySettings = quality.QualitySettings(), with_crossfade: bool = True,
+                  progress: Optional[Callable[[str, float], None]] = None) -> Evaluation:
+    """Compare ``generated`` (and ``baselines``) with ``real``: the :class:`Evaluation` both front ends write."""
+    kind = resolve_kind(kind if kind != "auto" else settings.kind, real)
+    side = real.x.shape[1]
+    sets = {}
+    for s in (generated, *baselines):
+        if s.kind != real.kind:
+            raise DataError(f"{s.name} holds {s.kind} data but {real.name} holds {real.kind} data: compare like with like "
+                            "(a generated set of physical maps is read from its .npy files)")
+        if s.x.shape[-1] != real.x.shape[-1]:
+            raise DataError(f"{s.name} has {s.x.shape[-1]} channel(s) but {real.name} has {real.x.shape[-1]}")
+        if s.x.shape[1] != side:
+            s = _resampled(s, side)
+        if s.name in sets or s.name == "real":
+            s = ImageSet(f"{s.name} ({len(sets) + 1})", s.x, s.kind, s.unit, s.bands, s.samples, s.note)
+        sets[s.name] = s
+    if real.kind == "physical" and generated.unit and real.unit and generated.unit != real.unit:
+        raise DataError(f"{generated.name} is in {generated.unit} but {real.name} is in {real.unit}; convert one of them first")
+    stretch = fit_stretch(list(real.samples)) if real.kind == "physical" else None
+    rep = quality.evaluate(real.x, {k: v.x for k, v in sets.items()}, kind, settings, with_crossfade=with_crossfade,
+                           bands=real.bands, progress=progress)
+    if with_crossfade:
+        pairs = quality.crossfade_pairs(len(real.x), max(len(real.x), max(len(v.x) for v in sets.values())), settings.seed)
+        sets["crossfade"] = ImageSet("crossfade", quality.crossfade(real.x, pairs), real.kind, real.unit, real.bands, real.samples,
+                                     "pixel average of random pairs of real images")
+    return Evaluation(rep, real, sets, stretch)
+
+
+def _resampled(s: ImageSet, side: int) -> ImageSet:
+    t = torch.from_numpy(np.ascontiguousarray(s.x.transpose(0, 3, 1, 2)))
+    x = torch.stack([square_resize(im, side) for im in t]).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    note = "; ".join(n for n in (s.note, f"resampled from {s.x.shape[1]}x{s.x.shape[1]} to {side}x{side} to match the real set") if n)
+    return ImageSet(s.name, x, s.kind, s.unit, s.bands, s.samples, note)
+
+
+def _png_data_uri(img: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def summary_text(ev: Evaluation) -> str:
+    """The summary table (one row per set, the floor first) as aligned plain text."""
+    rows = ev.report.summary()
+    cols = ["label", "n", "c2st_stats", "c2st_stats_ci", "c2st_pixels", "frechet", "within_floor_frac", "median_distance",
+            "near_copies", "diversity_ratio", "failures"]
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[k]) for row in cells)) for k, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(cols)] + [line(r) for r in cells])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def write_quality_report(ev: Evaluation, json_path: Optional[str | Path] = None, html_path: Optional[str | Path] = None,
+                         extra: Optional[dict] = None) -> dict:
+    """Write the evaluation as JSON and/or one offline HTML page (table, figures, montage, NN pairs); returns the JSON payload."""
+    from .diagnostics import write_figures_page
+
+    payload = {**ev.report.to_json(), "real": {"name": ev.real.name, "n": len(ev.real.x), "note": ev.real.note, "unit": ev.real.unit},
+               "sets": {k: {"n": len(s.x), "note": s.note} for k, s in ev.sets.items()}, **(extra or {})}
+    if json_path:
+        _atomic_text(Path(json_path), json.dumps(payload, indent=1))
+    if html_path:
+        rows = ev.report.summary()
+        cols = list(rows[0].keys())
+        table = ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows) + "</table>")
+        stat_rows = ev.report.rows()
+        scols = list(stat_rows[0].keys())
+        stats = ("<details><summary>every statistic</summary><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in scols) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in scols) + "</tr>" for r in stat_rows)
+                 + "</table></details>")
+        first = ev.report.sets[0].label
+        intro = (f"<p>{len(ev.real.x)} real images ({html.escape(ev.real.name)}), kind <b>{ev.report.kind}</b>. The real set is split into "
+                 "halves A and B; every set is compared with B at the size of A, and A vs B is the <b>floor</b>. C2ST 0.5 = "
+                 "indistinguishable. <i>within_floor_frac</i>: share of statistics within "
+                 f"{ev.report.settings.verdict_factor:g}x the floor distance.</p>" + table + stats
+                 + f"<h2>Real and generated, same stretch</h2><img src='{_png_data_uri(ev.montage())}'>"
+                 + f"<h2>Nearest real image of the closest {html.escape(first)} samples</h2><img src='{_png_data_uri(ev.nn_pairs(first))}'>")
+        write_figures_page(html_path, f"oodgen quality: {first} vs {ev.real.name}", ev.figures(), payload, intro_html=intro)
+    return payload
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from .latents import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(text))
