@@ -14,7 +14,7 @@ from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
-from .config import METHODS, DDIMSettings, GenerationSettings
+from .config import METHODS, PAIRINGS, DDIMSettings, GenerationSettings
 
 log = logging.getLogger("oodgen")
 
@@ -285,7 +285,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--t-end {args.t_end} differs from the latents' t_end {meta['t_end']}: the latents live at t={meta['t_end']}")
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps))
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
-                                      per_dim_variance=args.per_dim_variance, geometric_filter=args.filter)
+                                      per_dim_variance=args.per_dim_variance, geometric_filter=args.filter, pairing=args.pairing,
+                                      neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters)
     model = _load_model(args, meta)
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
@@ -431,7 +432,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import evaluation, quality
 
     settings = quality.QualitySettings(kind=args.kind, n_boot=args.n_boot, morph_max=args.morph_max, workers=args.workers, seed=args.seed)
-    real = evaluation.load_set(args.real, name="real")
+    real = evaluation.load_set(args.real)
     side = real.x.shape[1]
     gen = evaluation.load_set(args.generated, name=args.label or Path(args.generated).name, unit=real.unit, bands=real.bands)
     baselines = [evaluation.load_set(b, unit=real.unit, bands=real.bands) for b in args.baseline or []]
@@ -445,6 +446,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"kind: {ev.report.kind}; real: {len(real.x)} images at {side}x{side}; each set compared with half B of the real set")
     print(evaluation.summary_text(ev))
     print(f"farthest from the floor ({gen.name}): {', '.join(ev.report.worst(gen.name))}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import evaluation, quality
+
+    real = evaluation.load_set(args.input)
+    grid = evaluation.SearchGrid(t_end=tuple(args.t_end), eta=tuple(args.eta), pairing=tuple(args.pairing), n_per_cell=args.n, steps=args.steps)
+    base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread)
+    model = _load_model(args)
+    settings = quality.QualitySettings(kind=args.kind, morph_max=args.morph_max, seed=args.seed)
+    with _progress_bar("search", args.quiet) as update:
+        rows, ev = evaluation.bandwidth_search(model, real, base, grid, args.kind, settings, batch_size=_batch_size(args, model),
+                                               progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
+    evaluation.write_search_report(rows, ev, args.json, args.html, extra={"model": model.name, "generation": base.to_json()})
+    _print_table(rows)
+    best = next(r for r in rows if r["best"])
+    print(f"best: t_end {best['t_end']}, eta {best['eta']:g}, pairing {best['pairing']} (C2ST {best['c2st_stats']:.3f}; "
+          f"floor {ev.report.summary()[0]['c2st_stats']:.3f})")
     return 0
 
 
@@ -507,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=g.seed, help=f"random seed (default: {g.seed})")
     s.add_argument("--per-dim-variance", action="store_true", help="gaussian: per-dimension instead of scalar variance")
     s.add_argument("--filter", action="store_true", help="keep only draws that pass the authors' geometric filter")
+    s.add_argument("--pairing", choices=PAIRINGS, default=g.pairing,
+                   help=f"interpolation pairs: random, or nearest (a partner among the --neighbours closest latents) (default: {g.pairing})")
+    s.add_argument("--neighbours", type=int, default=g.neighbours, help=f"nearest pairing: candidates per latent (default: {g.neighbours})")
+    s.add_argument("--alpha-spread", type=float, default=g.alpha_spread,
+                   help=f"alpha drawn uniformly in [alpha - spread, alpha + spread] (default: {g.alpha_spread})")
+    s.add_argument("--clusters", type=int, default=g.clusters, help=f"gaussian: one Gaussian per k-means cluster (default: {g.clusters})")
     s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)
@@ -563,6 +589,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="OUT", help="write the report as JSON")
     s.add_argument("--html", metavar="OUT", help="write the report as one offline HTML page (table, figures, montages)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("search", help="bandwidth search: generate over a grid of t_end, eta and pairing, evaluate every cell")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="the real images or maps (inverted once per t_end)")
+    s.add_argument("--t-end", type=int, nargs="+", default=[500, 700, 900], help="operating timesteps (default: 500 700 900)")
+    s.add_argument("--eta", type=float, nargs="+", default=[0.0, 0.5], help="decoding stochasticity values (default: 0 0.5)")
+    s.add_argument("--pairing", nargs="+", choices=PAIRINGS, default=list(PAIRINGS), help="pairing strategies (default: all)")
+    s.add_argument("--n", type=int, default=40, help="samples per cell (default: 40)")
+    s.add_argument("--steps", type=int, default=DDIMSettings().steps, help="DDIM steps per t_end")
+    s.add_argument("--method", choices=("slerp", "lerp"), default="slerp")
+    s.add_argument("--alpha", type=float, default=0.5)
+    s.add_argument("--alpha-spread", type=float, default=0.0)
+    s.add_argument("--kind", choices=("auto", "galaxy", "physical", "image"), default="auto")
+    s.add_argument("--morph-max", type=int, default=60, help="galaxy: statmorph on at most this many images per cell (default: 60)")
+    s.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", metavar="OUT")
+    s.add_argument("--html", metavar="OUT")
+    _add_model_args(s)
+    s.set_defaults(func=cmd_search)
 
     from .cli_mos import add_mos_commands  # imported here: cli_mos and cli must not import each other at load time
 

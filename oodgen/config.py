@@ -7,6 +7,7 @@ from typing import Literal
 
 Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
+PAIRINGS: tuple[str, ...] = ("random", "nearest")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,20 @@ class GenerationSettings:
     per_dim_variance: bool = False  # gaussian: per-dimension variance instead of one scalar variance
     geometric_filter: bool = False  # keep only draws whose distances/angles to the inverted set match its geometry
     filter_tolerance: float = 0.05  # relative tolerance of the geometric filter
+    pairing: str = "random"  # interpolation pairs: random, or nearest (j among the `neighbours` latents closest to i)
+    neighbours: int = 5  # nearest pairing: how many nearest latents j is drawn from
+    alpha_spread: float = 0.0  # alpha drawn uniformly in [alpha - spread, alpha + spread] (clipped to [0, 1])
+    clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"pairing={self.pairing!r} is not one of {', '.join(PAIRINGS)}")
+        if self.neighbours < 1 or self.clusters < 1:
+            raise ValueError(f"neighbours={self.neighbours} and clusters={self.clusters} must be at least 1")
+        if not 0.0 <= self.alpha_spread <= 0.5:
+            raise ValueError(f"alpha_spread={self.alpha_spread} must be in [0, 0.5]")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
         if self.eta < 0:

@@ -252,3 +252,125 @@ def _atomic_text(path: Path, text: str) -> None:
     from .latents import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------------------------------------
+# bandwidth search (paper App. E.2.1 made quantitative for generation)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchGrid:
+    """The generation settings a bandwidth search tries (every combination), K samples per cell."""
+
+    t_end: tuple[int, ...] = (500, 700, 900)  # operating timesteps (one inversion each)
+    eta: tuple[float, ...] = (0.0, 0.5)  # DDIM stochasticity while decoding
+    pairing: tuple[str, ...] = ("random", "nearest")  # interpolation pairing strategies
+    n_per_cell: int = 40  # generated samples per cell
+    steps: int = 50  # DDIM steps between 0 and each t_end
+    max_copies: float = 0.05  # a cell whose near-copy fraction exceeds this cannot be the best
+
+    def cells(self) -> list[tuple[int, float, str]]:
+        return [(t, e, p) for t in self.t_end for e in self.eta for p in self.pairing]
+
+
+def cell_label(t_end: int, eta: float, pairing: str) -> str:
+    return f"t{t_end} eta{eta:g} {pairing}"
+
+
+def model_output_set(images: torch.Tensor, like: ImageSet, stretch: Optional[Stretch], name: str) -> ImageSet:
+    """Model outputs [N, C, H, W] in [-1, 1] as an :class:`ImageSet` in the units of ``like`` (physical through ``stretch``)."""
+    from .data import from_model_output
+
+    x = from_model_output(images, stretch)
+    s = ImageSet(name, np.ascontiguousarray(x, dtype=np.float32), like.kind, like.unit, like.bands, like.samples)
+    return s if x.shape[1] == like.x.shape[1] else _resampled(s, like.x.shape[1])
+
+
+def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(), kind: str = "auto",
+                     settings: quality.QualitySettings = quality.QualitySettings(morph_max=60),
+                     progress: Optional[Callable[[str, float], None]] = None, batch_size: int = 16) -> tuple[list[dict], Evaluation]:
+    """Generate ``grid.n_per_cell`` samples for every cell of ``grid`` from ``real`` and evaluate them all at once.
+
+    ``base``: the :class:`GenerationSettings` whose other fields (method, alpha, seed, ...) each cell
+    keeps. Returns (one row per cell: settings, C2ST, share within the floor, near-copies,
+    diversity; the best cell flagged) and the :class:`Evaluation` of every cell plus the crossfade.
+    """
+    from dataclasses import replace
+
+    from . import engine
+    from .config import DDIMSettings
+    from .data import to_model_input
+
+    report = progress or (lambda stage, frac: None)
+    x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
+    cells = grid.cells()
+    gens: dict[str, ImageSet] = {}
+    work = len(grid.t_end) * len(x) + len(cells) * grid.n_per_cell
+    done = 0
+    for t_end in grid.t_end:
+        ddim_settings = DDIMSettings(t_end=t_end, steps=min(grid.steps, t_end), batch_size=batch_size)
+        z = engine.invert(model, x, ddim_settings, progress=lambda d, n: report(f"invert t={t_end}", (done + len(x) * d / max(n, 1)) / work))
+        done += len(x)
+        for t, eta, pairing in cells:
+            if t != t_end:
+                continue
+            g = replace(base, eta=eta, pairing=pairing)
+            out = engine.generate(model, z, grid.n_per_cell, ddim_settings, g,
+                                  progress=lambda d, n: report(f"generate {cell_label(t, eta, pairing)}", (done + grid.n_per_cell * d / max(n, 1)) / work))
+            done += grid.n_per_cell
+            label = cell_label(t, eta, pairing)
+            gens[label] = model_output_set(out.images, real, stretch, label)
+    ev = evaluate_sets(next(iter(gens.values())), real, list(gens.values())[1:], kind, settings, with_crossfade=True,
+                       progress=lambda s, f: report(f"evaluate: {s}", f))
+    summary = {r["label"]: r for r in ev.report.summary()}
+    rows = []
+    for t, eta, pairing in cells:
+        r = summary[cell_label(t, eta, pairing)]
+        rows.append({"t_end": t, "eta": eta, "pairing": pairing, "c2st_stats": r["c2st_stats"], "c2st_pixels": r["c2st_pixels"],
+                     "within_floor_frac": r["within_floor_frac"], "frechet": r["frechet"], "near_copies": r["near_copies"],
+                     "diversity_ratio": r["diversity_ratio"], "best": False})
+    ok = [r for r in rows if (r["near_copies"] or 0) <= grid.max_copies] or rows
+    best = min(ok, key=lambda r: (r["c2st_stats"], -r["within_floor_frac"], r["frechet"]))
+    best["best"] = True
+    return rows, ev
+
+
+def search_figure(rows: Sequence[dict], floor: dict, crossfade: Optional[dict] = None):
+    """Quality (C2ST on statistics) against diversity for each cell; marker colour = near-copy fraction."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=[r["diversity_ratio"] for r in rows], y=[r["c2st_stats"] for r in rows], mode="markers+text",
+                    text=[cell_label(r["t_end"], r["eta"], r["pairing"]) + (" (best)" if r["best"] else "") for r in rows],
+                    textposition="top center", name="cells",
+                    marker=dict(size=12, color=[r["near_copies"] or 0 for r in rows], colorscale="Reds", cmin=0, cmax=0.3,
+                                colorbar=dict(title="near-copies"), line=dict(width=1, color="black")))
+    fig.add_hline(y=floor["c2st_stats"], line_dash="dash", annotation_text="floor (real vs real)")
+    if crossfade:
+        fig.add_scatter(x=[crossfade["diversity_ratio"]], y=[crossfade["c2st_stats"]], mode="markers+text", text=["pixel crossfade"],
+                        textposition="bottom center", name="crossfade", marker=dict(size=12, symbol="x", color="#444444"))
+    fig.update_layout(xaxis_title="diversity (mean pairwise distance / real set's)", yaxis_title="C2ST accuracy on statistics (0.5 = indistinguishable)",
+                      title="Bandwidth search: quality against diversity and memorization", height=520)
+    return fig
+
+
+def write_search_report(rows: Sequence[dict], ev: Evaluation, json_path: Optional[str | Path] = None,
+                        html_path: Optional[str | Path] = None, extra: Optional[dict] = None) -> dict:
+    """Write a bandwidth search as JSON and/or offline HTML (the cell table, the trade-off plot, the full quality report)."""
+    from .diagnostics import write_figures_page
+
+    summ = {r["label"]: r for r in ev.report.summary()}
+    payload = {"cells": list(rows), "floor": ev.report.summary()[0], "crossfade": summ.get("crossfade"), **(extra or {})}
+    if json_path:
+        _atomic_text(Path(json_path), json.dumps(payload, indent=1))
+    if html_path:
+        cols = list(rows[0].keys())
+        table = ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows) + "</table>")
+        intro = (f"<p>{len(ev.real.x)} real images ({html.escape(ev.real.name)}); each cell generates the same number of samples and "
+                 "is compared with half of the real set, as is the other half (the floor).</p>" + table
+                 + f"<h2>Real and generated (each cell), same stretch</h2><img src='{_png_data_uri(ev.montage(k=8))}'>")
+        figs = {"quality vs diversity": search_figure(rows, payload["floor"], payload["crossfade"]), **ev.figures()}
+        write_figures_page(html_path, f"oodgen bandwidth search: {ev.real.name}", figs, payload, intro_html=intro)
+    return payload

@@ -496,7 +496,8 @@ def c2st(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int = 0, model: str
     xx = np.vstack([a, b]).astype(np.float64)
     y = np.r_[np.zeros(n), np.ones(n)]
     if model == "trees":
-        clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, random_state=seed)
+        leaf = int(np.clip(2 * n * (folds - 1) / folds // 20, 3, 20))  # small sets: leaves small enough to split at all
+        clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=leaf, random_state=seed)
     elif model == "linear":
         xx = np.nan_to_num(xx)
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
@@ -688,6 +689,14 @@ def _compare(label: str, cand: StatTable, cand_px: np.ndarray, ref: StatTable, r
     )
 
 
+def pixel_view(x: np.ndarray, phys: Optional[PhysicalReference]) -> np.ndarray:
+    """What pixel-level comparisons (C2ST on pixels, memorization, diversity) see: images as they are;
+    physical maps as log10(max(I, floor_b)) per band, so a bright band does not outweigh the others."""
+    if phys is None:
+        return x
+    return np.stack([np.log10(np.maximum(x[..., b], phys.floor[b])) for b in range(x.shape[-1])], -1)
+
+
 def evaluate(real: np.ndarray, candidates: Mapping[str, np.ndarray], kind: str, settings: QualitySettings = QualitySettings(), *,
              with_crossfade: bool = True, bands: Optional[Sequence[str]] = None, progress: Optional[Progress] = None,
              memorization_of: Optional[Sequence[str]] = None) -> QualityReport:
@@ -727,28 +736,31 @@ def evaluate(real: np.ndarray, candidates: Mapping[str, np.ndarray], kind: str, 
                                   progress=lambda s, f: report(f"{stage}: {s}", f))
 
     groups = [("real A", real[ia]), ("real B", real[ib]), *picked.items()]
+    view = lambda x: pixel_view(x, phys)  # noqa: E731
     tables: dict[str, StatTable] = {}
     for k, (label, x) in enumerate(groups):
         report(f"statistics of {label}", k / (len(groups) + 2))
         tables[label] = stats(x, label)
     ref = tables["real B"]
     scale = _scale(ref.values)
-    px = {label: thumbnails(x) for label, x in groups}
+    px = {label: thumbnails(view(x)) for label, x in groups}
     report("comparisons", len(groups) / (len(groups) + 2))
     floor = _compare("floor (real A vs B)", tables["real A"], px["real A"], ref, px["real B"], scale, st, rng)
     comps = [_compare(label, tables[label], px[label], ref, px["real B"], scale, st, rng) for label in picked]
     report("memorization", (len(groups) + 1) / (len(groups) + 2))
-    real_nn, _ = nearest_real(real, real, st.max_shift, exclude_self=True)
+    real_v = view(real)
+    real_nn, _ = nearest_real(real_v, real_v, st.max_shift, exclude_self=True)
     med = float(np.median(real_nn))
-    real_div = mean_pairwise_distance(real, seed=st.seed)
+    real_div = mean_pairwise_distance(real_v, seed=st.seed)
     floor.memorization = {"nn_median": _r(med), "near_copies": _r(float((real_nn < st.copy_ratio * med).mean())),
                           "diversity_ratio": 1.0}
     for c in comps:
         if memorization_of is not None and c.label not in memorization_of:
             continue
-        nn, idx = nearest_real(sets[c.label], real, st.max_shift)
+        cand_v = view(sets[c.label])
+        nn, idx = nearest_real(cand_v, real_v, st.max_shift)
         c.memorization = {"nn_median": _r(float(np.median(nn))), "near_copies": _r(float((nn < st.copy_ratio * med).mean())),
-                          "diversity_ratio": _r(mean_pairwise_distance(sets[c.label], seed=st.seed) / real_div),
+                          "diversity_ratio": _r(mean_pairwise_distance(cand_v, seed=st.seed) / real_div),
                           "nn_distances": nn.tolist(), "nn_index": idx.tolist()}
     report("done", 1.0)
     return QualityReport(kind, ref.names, st, len(real), floor, comps, tables, real_nn)

@@ -147,6 +147,61 @@ def random_pairs(n_latents: int, n: int, generator: torch.Generator) -> list[tup
     return list(zip(i.tolist(), j.tolist()))
 
 
+def nearest_pairs(latents: torch.Tensor, n: int, k: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """n pairs (i, j): i uniformly at random, j uniformly among the k latents nearest to i (Euclidean, j != i).
+
+    Nearby latents decode to similar images (paper, App. E.2.3), so their interpolations stay one
+    object instead of two superposed ones. ``latents`` [N, ...], N >= 2; k is capped at N - 1.
+    """
+    n_latents = latents.shape[0]
+    if n_latents < 2:
+        raise ValueError("interpolation needs at least 2 inverted latents")
+    k = min(k, n_latents - 1)
+    d = torch.cdist(_flat(latents).double(), _flat(latents).double())
+    d.fill_diagonal_(float("inf"))
+    nn = d.topk(k, dim=1, largest=False).indices  # [N, k]
+    i = torch.randint(0, n_latents, (n,), generator=generator)
+    j = nn[i, torch.randint(0, k, (n,), generator=generator)]
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def kmeans(latents: torch.Tensor, k: int, generator: torch.Generator, iters: int = 25) -> torch.Tensor:
+    """Cluster labels [N] of ``latents`` [N, ...] by Lloyd's k-means (k-means++ seeding, seeded)."""
+    x = _flat(latents).double()
+    n = len(x)
+    k = min(k, n)
+    centres = [x[torch.randint(0, n, (1,), generator=generator)].squeeze(0)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, torch.stack(centres)).min(1).values ** 2
+        centres.append(x[torch.multinomial(d2 / d2.sum(), 1, generator=generator)].squeeze(0))
+    c = torch.stack(centres)
+    labels = torch.zeros(n, dtype=torch.long)
+    for _ in range(iters):
+        labels = torch.cdist(x, c).argmin(1)
+        new = torch.stack([x[labels == q].mean(0) if (labels == q).any() else c[q] for q in range(k)])
+        if torch.allclose(new, c):
+            break
+        c = new
+    return labels
+
+
+def _clustered_gaussian(latents: torch.Tensor, m: int, settings: GenerationSettings, g: torch.Generator) -> torch.Tensor:
+    """m draws from one Gaussian per k-means cluster (clusters of fewer than 2 latents merge into the nearest draw pool)."""
+    labels = kmeans(latents, settings.clusters, g)
+    fits = [(int((labels == q).sum()), GaussianFit.fit(latents[labels == q], settings.per_dim_variance))
+            for q in labels.unique().tolist() if int((labels == q).sum()) >= 2]
+    if not fits:
+        raise ValueError(f"no cluster of {settings.clusters} has 2 latents or more; lower clusters")
+    weights = torch.tensor([c for c, _ in fits], dtype=torch.double)
+    which = torch.multinomial(weights / weights.sum(), m, replacement=True, generator=g)
+    out = torch.empty((m, *latents.shape[1:]))
+    for q, (_, fit) in enumerate(fits):
+        sel = (which == q).nonzero().flatten()
+        if len(sel):
+            out[sel] = fit.sample(len(sel), g)
+    return out
+
+
 def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, max_tries: int = 50) -> tuple[torch.Tensor, list[Draw]]:
     """n new latents [n, C, H, W] drawn from the OOD region spanned by ``latents`` [N, C, H, W].
 
@@ -155,20 +210,28 @@ def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, 
     pass (at most ``max_tries`` rounds, else ValueError saying how many passed).
     """
     g = torch.Generator().manual_seed(settings.seed)
-    fit = GaussianFit.fit(latents, settings.per_dim_variance) if settings.method == "gaussian" else None
+    gaussian = settings.method == "gaussian"
+    fit = GaussianFit.fit(latents, settings.per_dim_variance) if gaussian and settings.clusters == 1 else None
     kept: list[torch.Tensor] = []
     draws: list[Draw] = []
     for _ in range(max_tries if settings.geometric_filter else 1):
         m = n - len(draws)
-        if fit is not None:
-            cand = fit.sample(m, g)
+        if gaussian:
+            cand = fit.sample(m, g) if fit is not None else _clustered_gaussian(latents, m, settings, g)
             cand_draws = [Draw("gaussian")] * m
         else:
-            pairs = random_pairs(latents.shape[0], m, g)
+            if settings.pairing == "nearest":
+                pairs = nearest_pairs(latents, m, settings.neighbours, g)
+            else:
+                pairs = random_pairs(latents.shape[0], m, g)
             ii = torch.tensor([p[0] for p in pairs])
             jj = torch.tensor([p[1] for p in pairs])
-            cand = interpolate(latents[ii], latents[jj], settings.alpha, settings.method)
-            cand_draws = [Draw(settings.method, i, j, settings.alpha) for i, j in pairs]
+            if settings.alpha_spread > 0:
+                alphas = (settings.alpha + (torch.rand(m, generator=g, dtype=torch.double) * 2 - 1) * settings.alpha_spread).clamp(0, 1).tolist()
+            else:
+                alphas = [settings.alpha] * m
+            cand = torch.stack([interpolate(latents[a], latents[b], al, settings.method) for a, b, al in zip(ii, jj, alphas)]) if m else latents[:0]
+            cand_draws = [Draw(settings.method, i, j, al) for (i, j), al in zip(pairs, alphas)]
         if settings.geometric_filter:
             mask = geometric_filter(cand, latents, settings.filter_tolerance, generator=g)
             cand = cand[mask]

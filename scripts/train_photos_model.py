@@ -121,6 +121,10 @@ def main() -> None:
         saved = torch.load(ck, weights_only=False)
         unet.load_state_dict(saved["unet"]); ema.load_state_dict(saved["ema"]); opt.load_state_dict(saved["opt"])
         gen.set_state(saved["gen"]); state = saved["state"]
+        if args.steps and args.steps != state["total"]:
+            log.info("planned steps changed from %d to %d (the cosine schedule follows the new total)", state["total"], args.steps)
+            state.setdefault("replanned", []).append([state["step"], state["total"], args.steps])
+            state["total"] = args.steps
         log.info("resumed from %s at step %d of %d", ck, state["step"], state["total"])
     warmup = 200
 
@@ -180,7 +184,8 @@ def save_model(ema, args, state, n_params, bf16, DDPMPipeline, DDPMScheduler) ->
     stats = dict(steps=state["step"], planned_steps=state["total"], batch_size=args.batch_size, lr=args.lr, ema=args.ema,
                  seed=args.seed, bf16_autocast=bf16, final_loss_avg200=round(float(np.mean(losses[-200:])), 5),
                  minutes=round(state["seconds"] / 60, 1), parameters=n_params, torch=torch.__version__,
-                 threads=torch.get_num_threads(), loss_curve_every50=curve)
+                 threads=torch.get_num_threads(), replanned_at_step_from_to=state.get("replanned", []),
+                 loss_curve_every50=curve)
     (args.out / "training.json").write_text(json.dumps(stats, indent=1) + "\n")
 
 
