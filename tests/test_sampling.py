@@ -110,3 +110,60 @@ def test_settings_validate():
         GenerationSettings(alpha=1.5)
     with pytest.raises(ValueError, match="method"):
         GenerationSettings(method="cubic")
+
+
+def _two_clusters(n_each: int = 20, d: int = 48, sep: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n_each, 3, 4, 4, generator=g)
+    b = torch.randn(n_each, 3, 4, 4, generator=g) + sep / (d ** 0.5)
+    b[:, 0] += sep
+    return torch.cat([a, b]), torch.tensor([0] * n_each + [1] * n_each)
+
+
+def test_nearest_pairing_stays_within_a_cluster_and_random_does_not():
+    from oodgen.sampling import nearest_pairs
+
+    z, lab = _two_clusters()
+    pairs = nearest_pairs(z, 200, k=3, generator=torch.Generator().manual_seed(1))
+    assert all(i != j and lab[i] == lab[j] for i, j in pairs)
+    d = torch.cdist(z.flatten(1), z.flatten(1))
+    for i, j in pairs[:50]:
+        assert (d[i] < d[i, j]).sum() <= 3  # j is among the 3 nearest (i itself counts as 0 distance)
+    _, draws = sample_latents(z, 200, GenerationSettings(seed=1))
+    assert any(lab[d_.i] != lab[d_.j] for d_ in draws)
+    _, draws = sample_latents(z, 200, GenerationSettings(seed=1, pairing="nearest", neighbours=3))
+    assert all(lab[d_.i] == lab[d_.j] for d_ in draws)
+
+
+def test_alpha_spread_draws_alphas_in_range_and_records_them():
+    z, _ = _two_clusters()
+    lat, draws = sample_latents(z, 100, GenerationSettings(method="lerp", alpha=0.5, alpha_spread=0.1, seed=3))
+    al = torch.tensor([d.alpha for d in draws])
+    assert al.min() >= 0.4 - 1e-9 and al.max() <= 0.6 + 1e-9 and al.std() > 0.03
+    for k in (0, 17, 99):  # each latent is the lerp of its recorded pair at its recorded alpha
+        d = draws[k]
+        torch.testing.assert_close(lat[k], (1 - d.alpha) * z[d.i] + d.alpha * z[d.j])
+
+
+def test_clustered_gaussian_draws_near_each_cluster():
+    from oodgen.sampling import kmeans
+
+    z, lab = _two_clusters()
+    found = kmeans(z, 2, torch.Generator().manual_seed(0))
+    assert len(set(zip(found.tolist(), lab.tolist()))) == 2  # the same partition up to naming
+    lat, _ = sample_latents(z, 200, GenerationSettings(method="gaussian", clusters=2, seed=0))
+    near_b = (lat[:, 0] > 10).float().mean()
+    assert 0.3 < near_b < 0.7  # both clusters drawn, in proportion
+    one, _ = sample_latents(z, 200, GenerationSettings(method="gaussian", seed=0))
+    # one Gaussian puts mass between the clusters, the mixture does not
+    between = lambda x: ((x[:, 0].mean((1, 2)) > 5) & (x[:, 0].mean((1, 2)) < 15)).float().mean()  # noqa: E731
+    assert between(lat) < 0.05 < between(one)
+
+
+def test_generation_settings_reject_bad_options():
+    with pytest.raises(ValueError, match="pairing"):
+        GenerationSettings(pairing="closest")
+    with pytest.raises(ValueError, match="alpha_spread"):
+        GenerationSettings(alpha_spread=0.7)
+    with pytest.raises(ValueError, match="clusters"):
+        GenerationSettings(clusters=0)
