@@ -1,4 +1,4 @@
-"""The app's background work, as job runners over the workspace: invert, diagnose, t sweep, generate.
+"""The app's background work, as job runners over the workspace: invert, diagnose, t sweep, generate, quality.
 
 Each runner reads its parameters from ``ctx.params`` (JSON), does the work through
 :mod:`oodgen.engine` / :mod:`oodgen.diagnostics`, and saves one workspace record atomically. The
@@ -314,7 +314,115 @@ def run_generate(ctx: JobContext) -> str:
     return out.id
 
 
-RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate}
+# ---------------------------------------------------------------- quality of a generated set
+QUALITY_DIR = ".quality"  # cache folder inside a generated set (hidden: reading the set's folder as images skips it)
+MIN_REAL = 10  # quality.evaluate splits the real set into two halves of at least 5 (the floor)
+
+
+def quality_dir(rec: Record) -> Path:
+    """The cached quality report of generated set ``rec`` (report.json/.html, figures.json, montage.png, nn_pairs.png)."""
+    return rec.root / QUALITY_DIR
+
+
+def quality_source(ws: Workspace, rec: Record, owner: Optional[str]) -> tuple[Record, Path, str]:
+    """(run, dataset folder, dataset name) that generated set ``rec`` was made from; WorkspaceError when they are gone."""
+    run_id, run_name = rec.meta.get("run"), rec.meta.get("run_name") or rec.meta.get("run")
+    try:
+        run = ws.get("runs", run_id, owner)
+    except WorkspaceError:
+        raise WorkspaceError(f"the inversion run '{run_name}' that '{rec.name}' was generated from is gone, so its real images are "
+                             "unknown; invert the data again and generate a new set") from None
+    ref = run.meta.get("dataset") or ""
+    try:
+        folder, name = _dataset(ws, ref, owner)
+    except WorkspaceError:
+        folder, name = None, run.meta.get("dataset_name") or ref
+    if folder is None or not folder.is_dir():
+        raise WorkspaceError(f"the dataset '{name}' that run '{run.name}' inverted is gone (deleted or no longer shared), "
+                             f"so there are no real images to compare '{rec.name}' with")
+    return run, folder, name
+
+
+def _generated_folder(rec: Record) -> Path:
+    """The generated set's data: the physical .npy maps when it has them, else the PNGs."""
+    phys = rec.root / "physical"
+    return phys if phys.is_dir() and any(phys.glob("*.npy")) else rec.root / "images"
+
+
+def cached_quality(rec: Record) -> Optional[dict]:
+    """The cached quality payload (report.json) of generated set ``rec``, or None."""
+    try:
+        return json.loads((quality_dir(rec) / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_quality(ctx: JobContext) -> str:
+    """params: generated (id), settings (QualitySettings JSON; default: the defaults), force (recompute even if cached).
+
+    Compares the generated set with the real data of the run it came from (at the generated
+    resolution) through :func:`oodgen.evaluation.evaluate_sets`, with the pixel crossfade baseline,
+    and caches the report, figures and pictures under the set's ``.quality/``. A request with the
+    settings of the cached report reads the cache.
+    """
+    from PIL import Image
+
+    from . import evaluation, quality
+
+    p, ws = ctx.params, ctx.workspace
+    rec = ws.get("generated", p["generated"], ctx.job.owner)
+    settings = quality.QualitySettings(**(p.get("settings") or {}))
+    cached = cached_quality(rec)
+    if cached is not None and cached.get("settings") == settings.to_json() and not p.get("force"):
+        ctx.job.message = f"quality of '{rec.name}' from the cache: " + _quality_line(cached)
+        return rec.id
+    run, folder, ds_name = quality_source(ws, rec, ctx.job.owner)
+    units = 1000
+    ctx.progress(0, units, "loading images")
+    st = rec.meta.get("stretch") or {}
+    gen = evaluation.load_set(_generated_folder(rec), name=rec.name, unit=rec.meta.get("unit"), bands=st.get("bands"))
+    real = evaluation.load_set(folder, name=ds_name, side=gen.x.shape[1], unit=st.get("unit"), bands=st.get("bands"))
+    if len(real.x) < MIN_REAL:
+        raise ValueError(f"the real set '{ds_name}' has {len(real.x)} usable images; the quality floor (real half A vs half B) "
+                         f"needs at least {MIN_REAL}: upload more real images and invert them again")
+    if gen.name in ("real", "crossfade"):
+        gen = evaluation.ImageSet(f"{gen.name} (generated)", gen.x, gen.kind, gen.unit, gen.bands, gen.samples, gen.note)
+
+    def progress(stage: str, frac: float) -> None:
+        if ctx.cancelled():
+            raise Cancelled()
+        ctx.progress(50 + int(850 * frac), units, f"quality: {stage}")
+
+    ev = evaluation.evaluate_sets(gen, real, (), settings.kind, settings, with_crossfade=True, progress=progress)
+    ctx.progress(900, units, "writing the report")
+    label = ev.report.sets[0].label
+    montage, pairs, figs = ev.montage(), ev.nn_pairs(label), ev.figures()
+    extra = {"generated": {"id": rec.id, "name": rec.name, "label": label, "method": (rec.meta.get("generation") or {}).get("method")},
+             "run": {"id": run.id, "name": run.name}, "dataset": {"ref": run.meta.get("dataset"), "name": ds_name}}
+    payload: dict = {}
+
+    def fill(tmp: Path) -> None:
+        payload.update(evaluation.write_quality_report(ev, tmp / "report.json", tmp / "report.html", extra=extra))
+        write_json(tmp / "figures.json", {name: json.loads(fig.to_json()) for name, fig in figs.items()})
+        Image.fromarray(montage).save(tmp / "montage.png")
+        Image.fromarray(pairs).save(tmp / "nn_pairs.png")
+
+    _write_dir(quality_dir(rec), fill)
+    ctx.job.message = f"quality of '{rec.name}': " + _quality_line(payload)
+    return rec.id
+
+
+def _quality_line(payload: dict) -> str:
+    """One line: C2ST on statistics of the generated set and the floor, share within the floor, near-copies."""
+    rows = payload.get("summary") or []
+    if len(rows) < 2:
+        return "no comparison"
+    floor, gen = rows[0], rows[1]
+    return (f"C2ST {gen.get('c2st_stats')} (floor {floor.get('c2st_stats')}), {gen.get('within_floor_frac')} of statistics "
+            f"within the floor, near-copies {gen.get('near_copies')}")
+
+
+RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate, "quality": run_quality}
 
 
 def zip_generated(rec: Record, folder: Path) -> Path:
@@ -326,7 +434,7 @@ def zip_generated(rec: Record, folder: Path) -> Path:
     tmp = out.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(rec.root.rglob("*")):
-            if f.is_file() and not f.name.startswith("."):
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(rec.root).parts):  # not the .quality cache
                 zf.write(f, f"{rec.id}/{f.relative_to(rec.root).as_posix()}")
     tmp.replace(out)
     return out

@@ -125,3 +125,111 @@ def test_zerogpu_decorates_with_spaces_gpu_when_on_zerogpu(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     wrapped = zerogpu.gpu(120)(lambda x: x * 2)
     assert seen == [120] and wrapped(4) == ("gpu", 8)
+
+
+# ---------------------------------------------------------------- quality of a generated set
+FAST_QUALITY = {"kind": "image", "n_boot": 20, "workers": 1, "morph_max": 10}
+
+
+def _invert_and_generate(q, owner, dataset, name, n=6):
+    inv = q.wait(q.submit("invert", owner, "inv", _invert_params(dataset, name)).id, 300)
+    assert inv.status == "done", inv.message
+    gen = q.wait(q.submit("generate", owner, "gen", {"run": inv.result, "n": n, "name": f"{name} gaussian",
+                                                     "generation": {"method": "gaussian", "seed": 1}}).id, 300)
+    assert gen.status == "done", gen.message
+    return inv.result, gen.result
+
+
+def test_quality_report_is_written_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from oodgen import evaluation
+
+    ws = Workspace(tmp_path)
+    q = JobQueue(ws, tasks.RUNNERS)
+    try:
+        _, gen_id = _invert_and_generate(q, "anon-a", "bundled:faces", "faces")
+        params = {"generated": gen_id, "settings": FAST_QUALITY}
+        first = q.wait(q.submit("quality", "anon-a", "quality", params).id, 300)
+        assert first.status == "done" and first.result == gen_id, first.message
+        assert "C2ST" in first.message and "floor" in first.message
+        rec = ws.get("generated", gen_id)
+        folder = tasks.quality_dir(rec)
+        assert sorted(f.name for f in folder.iterdir()) == ["figures.json", "montage.png", "nn_pairs.png", "report.html", "report.json"]
+        payload = json.loads((folder / "report.json").read_text())
+        labels = [r["label"] for r in payload["summary"]]
+        assert labels == ["floor (real A vs B)", "faces gaussian", "crossfade"]
+        assert payload["real"]["n"] == 12 and payload["kind"] == "image" and payload["settings"]["n_boot"] == 20
+        assert payload["dataset"]["ref"] == "bundled:faces" and payload["generated"]["id"] == gen_id
+        assert all("faces gaussian verdict" in r for r in payload["statistics"])
+        assert set(json.loads((folder / "figures.json").read_text())) == {"distances", "histograms", "power spectra", "memorization"}
+        html = (folder / "report.html").read_text()
+        assert "<script src=" not in html and "faces gaussian" in html  # offline page
+        from PIL import Image
+        assert Image.open(folder / "montage.png").size[1] > 3 * 32  # real, generated and crossfade rows
+        assert not list(folder.parent.glob(".quality.*"))  # no temp folder left behind
+
+        # the same request again reads the cache: nothing is evaluated, the files are untouched
+        stamp = (folder / "report.json").stat().st_mtime_ns
+        def evaluated_again(*a, **k):
+            raise RuntimeError("evaluated again instead of reading the cache")
+
+        monkeypatch.setattr(evaluation, "evaluate_sets", evaluated_again)
+        again = q.wait(q.submit("quality", "anon-a", "quality", params).id, 60)
+        assert again.status == "done" and "from the cache" in again.message, again.message
+        assert (folder / "report.json").stat().st_mtime_ns == stamp
+        # other settings (or force) recompute
+        monkeypatch.undo()
+        forced = q.wait(q.submit("quality", "anon-a", "quality", {**params, "force": True}).id, 300)
+        assert forced.status == "done" and "from the cache" not in forced.message, forced.message
+        assert (folder / "report.json").stat().st_mtime_ns != stamp
+        # the cache is no part of the set: neither its zip nor reading its folder as images picks it up
+        with zipfile.ZipFile(tasks.zip_generated(rec, tmp_path / "dl")) as zf:
+            assert not [n for n in zf.namelist() if ".quality" in n]
+        assert len(load_paths([rec.root]).samples) == 6
+        # another owner cannot evaluate it
+        other = q.wait(q.submit("quality", "anon-b", "q", params).id, 60)
+        assert other.status == "failed" and "pick one from the list" in other.message
+    finally:
+        q.close()
+
+
+def test_quality_of_physical_maps_uses_the_npy_files(tmp_path):
+    ws = Workspace(tmp_path)
+    q = JobQueue(ws, tasks.RUNNERS)
+    try:
+        _, gen_id = _invert_and_generate(q, "anon-a", "bundled:radiation", "dust")
+        job = q.wait(q.submit("quality", "anon-a", "q", {"generated": gen_id, "settings": {**FAST_QUALITY, "kind": "auto"}}).id, 300)
+        assert job.status == "done", job.message
+        payload = tasks.cached_quality(ws.get("generated", gen_id))
+        assert payload["kind"] == "physical" and payload["real"]["unit"] == "MJy/sr" and payload["real"]["n"] == 64
+        assert payload["summary"][1]["n"] == 6  # the 6 .npy maps, not their 6 PNG previews as well
+        assert any("IRAC 4.5" in r["statistic"] for r in payload["statistics"])  # band names came from the run's stretch
+    finally:
+        q.close()
+
+
+def test_quality_fails_clearly_for_too_few_real_images_and_gone_sources(tmp_path):
+    from PIL import Image
+
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(8):
+        f = tmp_path / f"img{k}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(f)
+        files.append(f)
+    ds = tasks.save_dataset(ws, "anon-a", "eight", files, load_paths(files))
+    q = JobQueue(ws, tasks.RUNNERS)
+    try:
+        run_id, gen_id = _invert_and_generate(q, "anon-a", ds.id, "eight", n=3)
+        params = {"generated": gen_id, "settings": FAST_QUALITY}
+        few = q.wait(q.submit("quality", "anon-a", "q", params).id, 120)
+        assert few.status == "failed" and "has 8 usable images" in few.message and "at least 10" in few.message, few.message
+        ws.delete("datasets", ds.id, "anon-a")
+        no_data = q.wait(q.submit("quality", "anon-a", "q", params).id, 60)
+        assert no_data.status == "failed" and "dataset 'eight' that run" in no_data.message and "is gone" in no_data.message, no_data.message
+        ws.delete("runs", run_id, "anon-a")
+        no_run = q.wait(q.submit("quality", "anon-a", "q", params).id, 60)
+        assert no_run.status == "failed" and "run 'eight' that 'eight gaussian' was generated from is gone" in no_run.message, no_run.message
+        assert tasks.cached_quality(ws.get("generated", gen_id)) is None
+    finally:
+        q.close()
