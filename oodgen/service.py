@@ -1,4 +1,4 @@
-"""Plain-value operations behind the web app: datasets, jobs, runs, diagnostics, generation, MOS.
+"""Plain-value operations behind the web app: datasets, jobs, runs, diagnostics, generation, quality, MOS.
 
 ``app.py`` wires widgets to these functions; they take and return plain values (strings, uint8
 arrays, plotly figures, DataFrames, file paths) and raise :class:`UserError` (or another
@@ -479,6 +479,204 @@ def download_generated(owner: str, gen_id: str) -> str:
     """Path of a zip of the set (in a private temp folder that Gradio may serve)."""
     rec = _generated(owner, gen_id)
     return str(tasks.zip_generated(rec, Path(tempfile.mkdtemp(prefix="oodgen-dl-"))))
+
+
+# ---------------------------------------------------------------- quality of generated sets
+QUALITY_KINDS = ("auto", "galaxy", "physical", "image")
+SUMMARY_COLUMNS = ("set", "n", "C2ST statistics", "C2ST statistics 95% CI", "C2ST pixels", "C2ST pixels 95% CI", "Frechet distance",
+                   "within floor", "median distance", "near-copies", "diversity ratio", "NN distance median", "failures")
+_SUMMARY_KEYS = ("label", "n", "c2st_stats", "c2st_stats_ci", "c2st_pixels", "c2st_pixels_ci", "frechet", "within_floor_frac",
+                 "median_distance", "near_copies", "diversity_ratio", "nn_median", "failures")
+
+
+def quality_settings(kind: str = "auto", n_boot: int = 200, morph_max: int = 200) -> Any:
+    """The :class:`oodgen.quality.QualitySettings` the Quality panel asks for (UserError for bad values)."""
+    from .quality import QualitySettings
+
+    if kind not in QUALITY_KINDS:
+        raise UserError(f"kind {kind!r}: choose one of {', '.join(QUALITY_KINDS)}")
+    try:
+        return QualitySettings(kind=kind, n_boot=int(n_boot), morph_max=int(morph_max), workers=max(1, min(2, os.cpu_count() or 1)))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"quality settings: {e}") from None
+
+
+def _quality_source(owner: str, rec) -> None:
+    """UserError when the real data of generated set ``rec`` are gone or too few for the floor."""
+    try:
+        run, _, name = tasks.quality_source(backend().ws, rec, owner)
+    except WorkspaceError as e:
+        raise UserError(str(e)) from None
+    n = int(run.meta.get("n") or 0)
+    if n < tasks.MIN_REAL:
+        raise UserError(f"the real set '{name}' of '{rec.name}' has {n} images; the quality floor (real half A vs half B) needs at "
+                        f"least {tasks.MIN_REAL}: invert a larger dataset and generate from it")
+
+
+def start_quality(owner: str, gen_id: Optional[str], settings: Any = None, force: bool = False) -> Job:
+    """Queue the quality evaluation of a generated set against the real data it came from (cached per set)."""
+    from .quality import QualitySettings
+
+    rec = _generated(owner, gen_id)
+    _quality_source(owner, rec)
+    settings = settings if settings is not None else QualitySettings()
+    label = f"quality of {rec.name} ({settings.kind}, {settings.n_boot} bootstraps)"
+    return backend().jobs.submit("quality", owner, label, {"generated": rec.id, "settings": settings.to_json(), "force": bool(force)})
+
+
+def quality_stamp(owner: str, gen_id: Optional[str]) -> str:
+    """Changes when the cached quality report of a generated set changes; "" when there is none."""
+    if not gen_id:
+        return ""
+    try:
+        f = tasks.quality_dir(_generated(owner, gen_id)) / "report.json"
+        return f"{gen_id}:{f.stat().st_mtime_ns}"
+    except (ValueError, OSError):
+        return ""
+
+
+def quality_cached(owner: str, gen_id: Optional[str], settings: Any) -> bool:
+    """True when the set's cached report was made with ``settings`` (pressing Evaluate again would only reread it)."""
+    if not gen_id:
+        return False
+    try:
+        payload = tasks.cached_quality(_generated(owner, gen_id))
+    except ValueError:
+        return False
+    return payload is not None and payload.get("settings") == settings.to_json()
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, list):
+        return "[" + ", ".join("-" if x is None else f"{x:.3f}" for x in v) + "]"
+    return v
+
+
+def quality_summary_table(payload: dict) -> pd.DataFrame:
+    """One row per set: the floor (real half A vs half B) first, then the generated set and the crossfade baseline."""
+    rows = [[_cell(r.get(k)) for k in _SUMMARY_KEYS] for r in payload.get("summary") or []]
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def quality_statistics_table(payload: dict) -> pd.DataFrame:
+    """One row per statistic: the floor and, per set, its distance, 95% CI and verdict; farthest above the floor first."""
+    sets = [r["label"] for r in (payload.get("summary") or [])[1:]]
+    rows = []
+    for r in payload.get("statistics") or []:
+        row = {"statistic": r["statistic"], "floor": r.get("floor"), "floor 95% CI": _cell(r.get("floor_ci"))}
+        for label in sets:
+            row[f"{label}: distance"] = r.get(label)
+            row[f"{label}: 95% CI"] = _cell(r.get(f"{label} ci"))
+            row[f"{label}: verdict"] = r.get(f"{label} verdict")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if sets and not df.empty:
+        ratio = df[f"{sets[0]}: distance"].astype(float) / df["floor"].astype(float).clip(lower=1e-12)
+        df = df.iloc[np.argsort(-ratio.fillna(-1).to_numpy(), kind="stable")].reset_index(drop=True)
+    return df
+
+
+@dataclass
+class QualityView:
+    """What the Quality panel shows for one generated set; None fields were not computed yet."""
+
+    summary: str  # Markdown: what was compared with what, the headline numbers
+    table: Optional[pd.DataFrame]  # one row per set (floor first)
+    statistics: Optional[pd.DataFrame]  # one row per statistic
+    figures: dict  # "histograms", "power spectra", "distances", "memorization" -> plotly figure
+    montage: Optional[np.ndarray]  # uint8: real row, generated row, crossfade row at one stretch
+    nn_pairs: Optional[np.ndarray]  # uint8: the closest generated samples over their nearest real images
+    html: Optional[str]  # a copy of the offline HTML report, for download
+
+
+_QUALITY_DL = Path(tempfile.mkdtemp(prefix="oodgen-quality-"))  # copies of reports that Gradio may serve (never the workspace)
+
+
+def quality_view(owner: str, gen_id: Optional[str]) -> QualityView:
+    """The cached quality report of a generated set (nothing is computed here)."""
+    import plotly.graph_objects as go
+    from PIL import Image
+
+    rec = _generated(owner, gen_id)
+    folder = tasks.quality_dir(rec)
+    payload = tasks.cached_quality(rec)
+    view = QualityView("", None, None, {}, None, None, None)
+    if payload is None:
+        return view
+    try:
+        view.figures = {k: go.Figure(v) for k, v in json.loads((folder / "figures.json").read_text()).items()}
+        view.montage = np.asarray(Image.open(folder / "montage.png").convert("RGB"))
+        view.nn_pairs = np.asarray(Image.open(folder / "nn_pairs.png").convert("RGB"))
+        target = _QUALITY_DL / rec.id / f"quality_{rec.id}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes((folder / "report.html").read_bytes())
+        tmp.replace(target)
+        view.html = str(target)
+    except (OSError, ValueError) as e:  # being rewritten right now: the next refresh shows it
+        log.warning("quality cache of %s unreadable: %s", rec.id, e)
+        return QualityView("The quality report is being written; it appears here in a moment.", None, None, {}, None, None, None)
+    view.table = quality_summary_table(payload)
+    view.statistics = quality_statistics_table(payload)
+    rows = payload.get("summary") or [{}, {}]
+    floor, gen = rows[0], rows[1] if len(rows) > 1 else {}
+    real = payload.get("real") or {}
+    worst = [r["statistic"] for r in view.statistics.head(4).to_dict("records")] if not view.statistics.empty else []
+    view.summary = (f"**{html.escape(rec.name)}** ({gen.get('n')} compared) against **{real.get('n')}** real images of "
+                    f"*{html.escape(str(real.get('name')))}*, kind **{payload.get('kind')}**. "
+                    f"C2ST on statistics **{gen.get('c2st_stats')}** (floor {floor.get('c2st_stats')}; 0.5 = indistinguishable), "
+                    f"**{gen.get('within_floor_frac')}** of the statistics within {payload.get('settings', {}).get('verdict_factor', 2):g}x "
+                    f"the floor, near-copies **{gen.get('near_copies')}**, diversity ratio {gen.get('diversity_ratio')}. "
+                    f"Farthest from the floor: {html.escape(', '.join(worst))}.")
+    return view
+
+
+def _png_hashes(rec) -> frozenset:
+    """SHA-256 of every PNG of a generated set (how a study's items are traced back to their set)."""
+    import hashlib
+
+    key = (rec.id, rec.created)
+    with _HASHES_LOCK:
+        if key not in _HASHES:
+            _HASHES[key] = frozenset(hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted((rec.root / "images").glob("*.png")))
+        return _HASHES[key]
+
+
+_HASHES: dict = {}
+_HASHES_LOCK = threading.Lock()
+STUDY_QUALITY_COLUMNS = ("study", "generated set", "method", "items in study", "C2ST statistics", "C2ST floor", "within floor",
+                         "near-copies", "quality")
+
+
+def study_quality(token: Optional[str], study_id: Optional[str] = None) -> pd.DataFrame:
+    """For the study owner: the cached quality summary of every generated set with items in the study (all studies when empty).
+
+    Items are traced to their generated set by the SHA-256 of the original file the study recorded.
+    Read-only: a set without a cached report reads "not evaluated".
+    """
+    if not ratings.is_admin(token):
+        raise UserError("the Results are for the study owner: enter the admin token (OODGEN_ADMIN_TOKEN of this deployment)")
+    studies = [s for s in ratings.list_studies(_home()) if not study_id or s.study_id == study_id]
+    gens = backend().ws.list("generated")
+    rows = []
+    for study in studies:
+        digests = {e.origin_sha256 for e in study.items if e.source == "generated"}
+        for rec in gens:
+            n = len(digests & _png_hashes(rec))
+            if not n:
+                continue
+            payload = tasks.cached_quality(rec)
+            s = payload.get("summary") if payload else None
+            row = {"study": study.study_id, "generated set": rec.name, "method": (rec.meta.get("generation") or {}).get("method"),
+                   "items in study": n}
+            if s and len(s) > 1:
+                row.update({"C2ST statistics": s[1].get("c2st_stats"), "C2ST floor": s[0].get("c2st_stats"),
+                            "within floor": s[1].get("within_floor_frac"), "near-copies": s[1].get("near_copies"),
+                            "quality": f"{payload.get('kind')}, {payload.get('real', {}).get('n')} real images"})
+            else:
+                row["quality"] = "not evaluated"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(STUDY_QUALITY_COLUMNS))
 
 
 # ---------------------------------------------------------------- MOS: studies, rating, results

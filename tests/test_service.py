@@ -1,5 +1,6 @@
 """App-facing service functions: access control, limits and clear messages (no browser needed)."""
 
+import numpy as np
 import pytest
 
 from oodgen import service
@@ -152,3 +153,91 @@ def test_on_zerogpu_a_page_load_runs_the_jobs_a_restart_left_queued(tmp_path, mo
     finally:
         service.backend().jobs.close()
         monkeypatch.setattr(service, "_BACKEND", None)
+
+
+# ---------------------------------------------------------------- quality of generated sets
+def _fake_set(ws, owner, run_meta, name="fake set"):
+    """A generated-set record (no images) pointing at a run record with ``run_meta`` (None: no run)."""
+    run_id = None
+    if run_meta is not None:
+        run_id = ws.create("runs", "fake run", owner, lambda tmp: {"settings": {"t_end": 900, "steps": 5}, **run_meta}).id
+    return ws.create("generated", name, owner, lambda tmp: {"n": 4, "run": run_id or "gone-run-0000", "run_name": "old run"}).id
+
+
+def test_quality_start_refuses_missing_sets_gone_sources_and_too_few_real_images(backend):
+    ws = backend.ws
+    with pytest.raises(service.UserError, match="no generated set chosen"):
+        service.start_quality("anon-a", "")
+    with pytest.raises(service.UserError, match="pick one from the list"):
+        service.start_quality("anon-a", "no-such-set")
+    gone_run = _fake_set(ws, "anon-a", None)
+    with pytest.raises(service.UserError, match="run 'old run' that 'fake set' was generated from is gone"):
+        service.start_quality("anon-a", gone_run)
+    gone_data = _fake_set(ws, "anon-a", {"dataset": "deleted-set-0000", "dataset_name": "my uploads", "n": 40})
+    with pytest.raises(service.UserError, match="dataset 'my uploads' .* is gone"):
+        service.start_quality("anon-a", gone_data)
+    few = _fake_set(ws, "anon-a", {"dataset": "bundled:faces", "dataset_name": "faces", "n": 8})
+    with pytest.raises(service.UserError, match="has 8 images; .* needs at least 10"):
+        service.start_quality("anon-a", few)
+    with pytest.raises(service.UserError, match="pick one from the list"):
+        service.start_quality("anon-b", few)  # someone else's set
+    with pytest.raises(service.UserError, match="kind"):
+        service.quality_settings("pixels")
+    with pytest.raises(service.UserError, match="n_boot"):
+        service.quality_settings("image", n_boot=2)
+    assert backend.jobs.jobs("anon-a") == []  # nothing was queued
+    view = service.quality_view("anon-a", few)
+    assert view.table is None and view.montage is None and view.html is None  # not evaluated: nothing to show
+    assert service.quality_stamp("anon-a", few) == "" and not service.quality_cached("anon-a", few, service.quality_settings())
+
+
+def test_quality_view_tables_figures_pictures_and_study_summary(backend):
+    from tests.conftest import require_bundled_model
+
+    require_bundled_model()
+    owner, jobs = "anon-a", backend.jobs
+    inv = jobs.wait(service.start_invert(owner, "bundled:faces", "oodgen-faces-32", service.DDIMSettings(900, 5, 4), "faces run").id, 300)
+    assert inv.status == "done", inv.message
+    gens = []
+    for name in ("faces gaussian", "faces other"):
+        g = jobs.wait(service.start_generate(owner, inv.result, 6, name, service.GenerationSettings(method="gaussian", seed=len(gens))).id, 300)
+        assert g.status == "done", g.message
+        gens.append(g.result)
+    settings = service.quality_settings("image", n_boot=20, morph_max=10)
+    assert not service.quality_cached(owner, gens[0], settings)
+    job = jobs.wait(service.start_quality(owner, gens[0], settings).id, 300)
+    assert job.status == "done", job.message
+    assert service.quality_cached(owner, gens[0], settings) and not service.quality_cached(owner, gens[0], service.quality_settings())
+    assert service.quality_stamp(owner, gens[0]) and not service.quality_stamp(owner, gens[1])
+
+    v = service.quality_view(owner, gens[0])
+    assert list(v.table["set"]) == ["floor (real A vs B)", "faces gaussian", "crossfade"]
+    assert list(v.table.columns) == list(service.SUMMARY_COLUMNS)
+    assert v.table["C2ST statistics 95% CI"].iloc[1].startswith("[")
+    assert {"statistic", "floor", "faces gaussian: distance", "faces gaussian: verdict", "crossfade: verdict"} <= set(v.statistics.columns)
+    ratio = (v.statistics["faces gaussian: distance"] / v.statistics["floor"]).dropna().to_numpy()
+    assert (ratio[:-1] >= ratio[1:] - 1e-9).all()  # farthest above the floor first
+    assert set(v.figures) == {"distances", "histograms", "power spectra", "memorization"}
+    assert v.montage.dtype == v.nn_pairs.dtype == np.uint8 and v.montage.shape[0] > 3 * 32
+    assert v.html.endswith(".html") and "faces gaussian" in open(v.html).read()
+    assert not v.html.startswith(str(backend.ws.home))  # a copy: the workspace itself is never served
+    assert "faces gaussian" in v.summary and "C2ST" in v.summary and "12" in v.summary
+    assert "quality of faces gaussian" in service.jobs_html(owner)
+
+    # the Results tab: each generated set of a study with its cached quality, or "not evaluated"
+    note = service.create_study(owner, "faces-mos", "faces", gens, "bundled:faces", 3, "", 0.0)
+    assert "Created study" in note
+    rows = service.study_quality(None, "faces-mos").set_index("generated set")
+    assert rows.loc["faces gaussian", "items in study"] == 3 and rows.loc["faces other", "items in study"] == 3
+    assert rows.loc["faces gaussian", "C2ST statistics"] == v.table["C2ST statistics"].iloc[1]
+    assert rows.loc["faces gaussian", "C2ST floor"] == v.table["C2ST statistics"].iloc[0]
+    assert rows.loc["faces gaussian", "quality"].startswith("image, 12 real")
+    assert rows.loc["faces other", "quality"] == "not evaluated"
+    assert service.study_quality(None, "no-such-study").empty
+
+
+def test_study_quality_needs_the_admin_token(backend, monkeypatch):
+    monkeypatch.setenv("OODGEN_ADMIN_TOKEN", "s3cret")
+    with pytest.raises(service.UserError, match="admin token"):
+        service.study_quality("wrong")
+    assert service.study_quality("s3cret").empty
