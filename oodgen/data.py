@@ -915,8 +915,19 @@ def _band_values(samples: Sequence[Sample]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def fit_stretch(samples: Sequence[Sample], low_pct: float = 0.5, high_pct: float = 99.5, softening: float = 0.1) -> Stretch:
-    """One stretch for a whole data set: per band lo / hi = percentiles over all pixels of all samples, a = softening * (hi - lo).
+SOFTENING_REFS = ("median", "range")
+
+
+def fit_stretch(samples: Sequence[Sample], low_pct: float = 0.5, high_pct: float = 100.0, softening: float = 1.0,
+                softening_ref: str = "median") -> Stretch:
+    """One stretch for a whole data set: per band lo / hi = percentiles over all pixels of all samples, and
+    a = softening * (median - lo) (``softening_ref`` "median", the default) or softening * (hi - lo) ("range").
+
+    The default keeps every bright pixel (hi = the maximum: point sources and warm-dust peaks are not
+    clipped, so no flux is lost) and puts the asinh knee at the typical level, so the bulk of the
+    emission spans a useful part of [0, 1] and the peaks are compressed logarithmically above it.
+    The older stretch (0.5-99.5 percentiles, softening 0.1 of the range) is
+    ``fit_stretch(s, 0.5, 99.5, 0.1, "range")``; it clips the brightest 0.5% of pixels.
 
     A band whose percentile range is empty (mostly constant) falls back to its min / max, with a
     warning; a band constant everywhere is a :class:`DataError`.
@@ -925,6 +936,8 @@ def fit_stretch(samples: Sequence[Sample], low_pct: float = 0.5, high_pct: float
         raise ValueError("fit_stretch needs at least one sample")
     if not 0.0 <= low_pct < high_pct <= 100.0 or not softening > 0.0:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100 and softening > 0, got {low_pct}, {high_pct}, {softening}")
+    if softening_ref not in SOFTENING_REFS:
+        raise ValueError(f"softening_ref={softening_ref!r} is not one of {', '.join(SOFTENING_REFS)}")
     if any(s.kind != "physical" for s in samples):
         raise ValueError(f"fit_stretch is for physical data; {next(s.name for s in samples if s.kind != 'physical')} is an image")
     if len({s.channels for s in samples}) > 1:
@@ -940,7 +953,11 @@ def fit_stretch(samples: Sequence[Sample], low_pct: float = 0.5, high_pct: float
                 raise _err(samples[0].name if len(samples) == 1 else f"{len(samples)} samples", f"{label} is constant ({vmin:g}) in every pixel", "a stretch needs some contrast; drop the band or the samples")
             log.warning("fit_stretch: %s is constant between the %g and %g percentiles; using its min/max [%g, %g]", label, low_pct, high_pct, vmin, vmax)
             lo[b], hi[b] = vmin, vmax
-    return Stretch(tuple(lo), tuple(hi), tuple(softening * (hi - lo)), unit, bands)
+    if softening_ref == "range":
+        return Stretch(tuple(lo), tuple(hi), tuple(softening * (hi - lo)), unit, bands)
+    med = np.percentile(v, 50.0, axis=0)
+    knee = np.where(med > lo, med - lo, 0.01 * (hi - lo))  # a band mostly at its floor: 1% of the range
+    return Stretch(tuple(lo), tuple(hi), tuple(softening * np.minimum(knee, hi - lo)), unit, bands)
 
 
 # ------------------------------------------------------------------------------------------------
