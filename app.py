@@ -1,5 +1,5 @@
 """oodgen web app: upload data, invert it with a frozen DDPM as a background job, inspect the latent
-space, generate new samples and run expert MOS studies.
+space, generate new samples, measure their quality against the real data and run expert MOS studies.
 
 UI only: every event calls a plain-value function of :mod:`oodgen.service`. Run ``python app.py``;
 the workspace is ``$OODGEN_HOME`` (default ``./workspace``). See Spaces.md for deployment.
@@ -62,27 +62,33 @@ def on_load(key, prefs, profile: Optional[gr.OAuthProfile] = None):
             _dd(runs), _dd(runs), _dd(gens),
             _dd(studies, keep=prefs.get("study")), rater, _dd([""] + studies, ""),
             gr.Dropdown(choices=gens), _dd(datasets, "bundled:galaxy"),
-            service.jobs_stamp(owner), service.runs_table(owner), gr.Dropdown(choices=service.active_jobs(owner), value=None))
+            service.jobs_stamp(owner), service.runs_table(owner), gr.Dropdown(choices=service.active_jobs(owner), value=None), _dd(gens))
 
 
-def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen):
-    """Once a second: job progress; lists when a job finished; diagnostics when their cache changed."""
+def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen, q_gen, q_seen):
+    """Once a second: job progress; lists when a job finished; diagnostics and quality when their cache changed."""
     if not owner:
-        return [gr.skip()] * 17
+        return [gr.skip()] * 29
     stamp = service.jobs_stamp(owner)
     out = [service.jobs_html(owner)]
     if stamp != seen:
         runs, gens = service.run_choices(owner), service.generated_choices(owner)
         out += [stamp, _dd(runs, keep=run_d), _dd(runs, keep=run_g), _dd(gens, keep=gen_id),
                 gr.Dropdown(choices=service.active_jobs(owner), value=None), service.runs_table(owner),
-                gr.Dropdown(choices=gens)]  # the study creator's generated sets (its picks are kept)
+                gr.Dropdown(choices=gens),  # the study creator's generated sets (its picks are kept)
+                _dd(gens, keep=q_gen)]
     else:
-        out += [gr.skip()] * 7
+        out += [gr.skip()] * 8
     dstamp = service.diagnostics_stamp(owner, diag_run, ref)
     if dstamp != diag_seen:
         out += [dstamp, *_diag_outputs(owner, diag_run, ref)]
     else:
         out += [gr.skip()] * 9
+    qstamp = service.quality_stamp(owner, q_gen)
+    if qstamp != q_seen:
+        out += [qstamp, *_quality_outputs(owner, q_gen)]
+    else:
+        out += [gr.skip()] * 11
     return out
 
 
@@ -215,6 +221,39 @@ def on_download(owner, gen_id):
         raise _err(e) from None
 
 
+# ---------------------------------------------------------------- quality
+def _quality_outputs(owner, gen_id):
+    """summary, tables, histograms, spectra, distances, memorization, montage, NN pairs, HTML report."""
+    empty = [None] * 9
+    if not owner or not gen_id:
+        return ["Pick a generated set and press **Evaluate**.", *empty]
+    try:
+        v = service.quality_view(owner, gen_id)
+    except ValueError as e:
+        return [f"**{e}**", *empty]
+    if v.table is None:
+        return [v.summary or "Not evaluated yet: press **Evaluate** (computed once, then cached with the set).", *empty]
+    f = v.figures
+    return [v.summary, v.table, v.statistics, f.get("histograms"), f.get("power spectra"), f.get("distances"), f.get("memorization"),
+            v.montage, v.nn_pairs, v.html]
+
+
+def on_quality_show(owner, gen_id):
+    return [service.quality_stamp(owner, gen_id), *_quality_outputs(owner, gen_id)]
+
+
+def on_quality_start(owner, gen_id, kind, n_boot, morph_max, force):
+    try:
+        settings = service.quality_settings(kind, int(n_boot), int(morph_max))
+        if not force and service.quality_cached(owner, gen_id, settings):
+            return "Already evaluated with these settings (shown below); tick *Recompute* to run it again.", service.jobs_html(owner)
+        job = service.start_quality(owner, gen_id, settings, force=bool(force))
+    except ValueError as e:
+        raise _err(e) from None
+    service.run_in_request(job)
+    return f"Queued **{job.label}**; the report appears here when it finishes.", service.jobs_html(owner)
+
+
 # ---------------------------------------------------------------- rating
 def _rate_outputs(study_id, rater):
     v = service.rate_view(study_id, rater)
@@ -264,9 +303,10 @@ def rate_handler(score: int):
 def on_results(token, study_id):
     try:
         groups, raters, note, fig = service.results(token, study_id or None)
+        quality = service.study_quality(token, study_id or None)
     except ValueError as e:
         raise _err(e) from None
-    return note, groups, raters, fig
+    return note, groups, quality, raters, fig
 
 
 def on_export(token, study_id):
@@ -295,6 +335,7 @@ def build() -> gr.Blocks:
         owner = gr.State(None)
         jobs_seen = gr.State("")
         diag_seen = gr.State("")
+        q_seen = gr.State("")
         picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
         pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
         position = gr.State(0)
@@ -398,6 +439,40 @@ def build() -> gr.Blocks:
                 dl_file = gr.File(label="Download", elem_id="dl_file")
                 gen_gallery = gr.Gallery(label="Generated", columns=10, height=260, elem_classes="pixelated", elem_id="gen_gallery")
 
+        with gr.Tab("Quality"):
+            gr.Markdown("How close is a generated set to the real data it was made from? Physics-aware statistics of every image "
+                        "(morphology, colours and sky for galaxies; intensity PDF, power spectra and Minkowski functionals for physical "
+                        "maps), compared with the real set against a **floor**: the real set is split into halves A and B, and every "
+                        "set is compared with B exactly as A is. The **crossfade** row is a trivial baseline (pixel averages of real "
+                        "pairs). Physical sets are read from their .npy maps.")
+            with gr.Row():
+                q_gen = gr.Dropdown([], label="Generated set", scale=3, elem_id="q_gen")
+                q_kind = gr.Radio(list(service.QUALITY_KINDS), value="auto", label="Statistics", elem_id="q_kind",
+                                  info="auto: physical for physical maps, galaxy when the data's name says so, else image")
+            with gr.Row():
+                q_boot = gr.Slider(10, 1000, value=200, step=10, label="Bootstrap resamples (95% CIs)", elem_id="q_boot")
+                q_morph = gr.Slider(4, 1000, value=200, step=1, label="statmorph images per set, at most (galaxy statistics; ~0.2 s each)",
+                                    elem_id="q_morph")
+                q_force = gr.Checkbox(label="Recompute even if cached", elem_id="q_force")
+            q_btn = gr.Button("Evaluate", variant="primary", elem_id="q_btn")
+            q_note = gr.Markdown(elem_id="q_note")
+            q_summary = gr.Markdown(elem_id="q_summary")
+            q_table = gr.Dataframe(label="Summary, one row per set (C2ST: classifier accuracy telling the set from real half B, 0.5 = "
+                                         "indistinguishable; within floor: share of statistics within 2x the floor distance)",
+                                   interactive=False, wrap=True, elem_id="q_table")
+            q_stats = gr.Dataframe(label="Per statistic: Wasserstein-1 distance to real half B / its std, farthest above the floor first",
+                                   interactive=False, max_height=420, elem_id="q_stats")
+            q_hist = gr.Plot(label="Histograms of the statistics farthest from the floor", elem_id="q_hist")
+            q_spectra = gr.Plot(label="Power spectra", elem_id="q_spectra")
+            with gr.Row():
+                q_dist = gr.Plot(label="Distance per statistic", elem_id="q_dist")
+                q_mem = gr.Plot(label="Memorization", elem_id="q_mem")
+            q_montage = gr.Image(label="Real | generated | crossfade, at the same stretch", height=420, interactive=False, elem_classes="pixelated",
+                                 elem_id="q_montage")
+            q_nn = gr.Image(label="The generated samples closest to a real image, over that image", height=300, interactive=False,
+                            elem_classes="pixelated", elem_id="q_nn")
+            q_file = gr.File(label="Offline HTML report (tables, figures, pictures)", elem_id="q_file")
+
         with gr.Tab("Rate"):
             gr.Markdown("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
                         "images are mixed and not labelled. You can close the page and continue later with the same name.")
@@ -423,6 +498,9 @@ def build() -> gr.Blocks:
             res_note = gr.Markdown(elem_id="res_note")
             res_groups = gr.Dataframe(label="MOS per study, domain, method and source (95% CI: t interval, clipped to the 1-5 scale "
                                             "where ci95_clipped; the export has the unclipped ends)", interactive=False, elem_id="res_groups")
+            res_quality = gr.Dataframe(label="Quality of each generated set in the study (cached reports from the Quality tab; "
+                                             "C2ST on statistics beside its real-vs-real floor, 0.5 = indistinguishable)",
+                                       interactive=False, elem_id="res_quality")
             res_plot = gr.Plot(label="Score distributions", elem_id="res_plot")
             res_raters = gr.Dataframe(label="Raters: mean, consistency on repeats, straight-lining", interactive=False)
             with gr.Row():
@@ -443,15 +521,18 @@ def build() -> gr.Blocks:
                 st_note = gr.Markdown(elem_id="st_note")
 
         # ---- events
-        load_outputs = [key, owner, jobs, dataset, diag_run, gen_run, generated, study, rater, res_study, st_gen, st_real, jobs_seen, runs, cancel_pick]
+        load_outputs = [key, owner, jobs, dataset, diag_run, gen_run, generated, study, rater, res_study, st_gen, st_real, jobs_seen, runs, cancel_pick,
+                        q_gen]
         loaded = demo.load(on_load, [key, prefs], load_outputs)
         loaded.then(service.model_summary, model, model_info).then(
             on_rate_resume, prefs, [rate_image, rate_progress, instructions, position, shown_ms])
         loaded.then(service.resume_in_request, owner, jobs, show_progress="hidden")  # ZeroGPU: jobs a restart left queued
         model.change(service.model_summary, model, model_info)
         diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
-        timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen],
-                   [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, st_gen, diag_seen, *diag_outputs],
+        quality_outputs = [q_summary, q_table, q_stats, q_hist, q_spectra, q_dist, q_mem, q_montage, q_nn, q_file]
+        timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen, q_gen, q_seen],
+                   [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, st_gen, q_gen, diag_seen, *diag_outputs,
+                    q_seen, *quality_outputs],
                    concurrency_limit=None, show_progress="hidden")
         cancel_btn.click(on_cancel, [owner, cancel_pick], [cancel_note, jobs])
 
@@ -478,12 +559,15 @@ def build() -> gr.Blocks:
         generated.change(on_generated, [owner, generated], gen_gallery)
         dl_btn.click(on_download, [owner, generated], dl_file)
 
+        q_gen.change(on_quality_show, [owner, q_gen], [q_seen, *quality_outputs])
+        q_btn.click(on_quality_start, [owner, q_gen, q_kind, q_boot, q_morph, q_force], [q_note, jobs])
+
         rate_outputs = [rate_image, rate_progress, instructions, position, shown_ms]
         rate_start.click(on_rate_start, [study, rater, prefs], [*rate_outputs, prefs])
         for btn, s in zip(score_btns, (5, 4, 3, 2, 1)):
             btn.click(rate_handler(s), [study, rater, position, shown_ms, comment], [*rate_outputs, comment])
 
-        res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_raters, res_plot])
+        res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_quality, res_raters, res_plot])
         export_btn.click(on_export, [token, res_study], export_files)
         st_btn.click(on_create_study, [owner, token, st_id, st_domain, st_gen, st_real, st_n, st_instr, st_repeat],
                      [st_note, study, res_study])

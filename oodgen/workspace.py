@@ -5,7 +5,8 @@ renamed into place, so a crash never leaves a half-written entry that breaks a l
 
     HOME/datasets/<id>/dataset.json + files/...       uploaded data, per owner (or shared)
     HOME/runs/<id>/run.json + latents.safetensors      finished inversions (+ thumbs.npy, diagnostics/)
-    HOME/generated/<id>/generated.json + images/ ...   generated sets (PNG, physical .npy, latents)
+    HOME/generated/<id>/generated.json + images/ ...   generated sets (PNG, physical .npy, latents; .quality/: the
+                                                       cached quality report, hidden so reading the set skips it)
     HOME/jobs/<id>.json + jobs/<id>/                   background jobs and their finished chunks
     HOME/studies/, HOME/ratings/                       MOS studies and the ratings CSV (oodgen.ratings)
 

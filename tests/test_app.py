@@ -205,6 +205,34 @@ def test_generate_set_and_download_zip(page, tmp_path):
     page.get_by_text("Create a study").click()  # closed again, as the later tests expect
 
 
+def test_quality_of_a_generated_set(page, tmp_path):
+    _tab(page, "Quality")
+    _choose(page, "q_gen", "browser set")
+    _wait_text(page, "q_summary", "Not evaluated yet")
+    page.locator("#q_kind").get_by_label("image", exact=True).check()  # the fast statistics (no statmorph)
+    _number(page, "q_boot", 20)
+    page.locator("#q_btn").click()
+    page.locator("#q_note").get_by_text("Queued").wait_for(timeout=30_000)
+    # the background job finishes, and the panel fills in without a reload
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("quality of 'browser set'").wait_for(timeout=300_000)
+    for text in ("floor (real A vs B)", "browser set", "crossfade", "C2ST statistics"):
+        _wait_text(page, "q_table", text, 60_000)
+    _wait_text(page, "q_stats", "verdict")
+    _wait_text(page, "q_summary", "100 real images")
+    for pic in ("q_montage", "q_nn"):  # the pictures arrive and decode (scrolled to: images load lazily)
+        page.locator(f"#{pic} img").wait_for(state="attached", timeout=60_000)
+        page.locator(f"#{pic}").scroll_into_view_if_needed()
+        page.wait_for_function("(id) => { const i = document.querySelector(`#${id} img`); return i && i.naturalWidth > 200; }",
+                               arg=pic, timeout=60_000)
+    for plot in ("q_hist", "q_spectra", "q_dist", "q_mem"):
+        page.locator(f"#{plot} .js-plotly-plot").wait_for(timeout=60_000)
+    _wait_text(page, "q_file", ".html")
+    _shot(page, tmp_path, "quality")
+    # pressing Evaluate again with the same settings reads the cache
+    page.locator("#q_btn").click()
+    page.locator("#q_note").get_by_text("Already evaluated").wait_for(timeout=30_000)
+
+
 def test_job_survives_reload_and_can_be_cancelled(page, tmp_path):
     _tab(page, "Invert")
     _number(page, "steps", 200)
@@ -259,14 +287,18 @@ def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
     page.reload()  # half-way: the session resumes at item 4 without asking
     _tab(page, "Rate")
     page.locator("#rate_progress").get_by_text("4 / 6").wait_for(timeout=60_000)
-    for score in (2, 4, 1):
+    for k, score in enumerate((2, 4), start=5):  # one at a time: a click while the last is pending is dropped (trigger_mode "once")
         page.locator(f"#score_{score}").click()
+        page.locator("#rate_progress").get_by_text(f"{k} / 6").wait_for(timeout=30_000)
+    page.locator("#score_1").click()
     page.locator("#rate_progress").get_by_text("all items rated").wait_for(timeout=30_000)
 
     _tab(page, "Results")
     page.locator("#res_btn").click()
     page.locator("#res_note").get_by_text("6 ratings").wait_for(timeout=60_000)
     _wait_text(page, "res_groups", "generated")
+    _wait_text(page, "res_quality", "browser set")  # the set's cached quality report beside the MOS
+    assert "not evaluated" not in page.locator("#res_quality").inner_text()
     page.locator("#res_plot .js-plotly-plot").wait_for(timeout=30_000)
     page.get_by_role("button", name="Export CSV + JSON").click()
     _wait_text(page, "export_files", "mos_summary")
