@@ -460,7 +460,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _progress_bar("search", args.quiet) as update:
         rows, ev = evaluation.bandwidth_search(model, real, base, grid, args.kind, settings, batch_size=_batch_size(args, model),
                                                progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
-    evaluation.write_search_report(rows, ev, args.json, args.html, extra={"model": model.name, "generation": base.to_json()})
+    extra: dict = {"model": model.name, "generation": base.to_json()}
+    figures = {}
+    if args.diversity_curve:
+        best = next(r for r in rows if r["best"])
+        g = GenerationSettings(**{**base.to_json(), "eta": best["eta"], "pairing": best["pairing"]})
+        with _progress_bar("diversity curve", args.quiet) as update:
+            extra["diversity_curve"] = evaluation.diversity_curve(model, real, g, t_end=best["t_end"], steps=args.steps, seed=args.seed,
+                                                                  batch_size=_batch_size(args, model),
+                                                                  progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
+        figures["diversity vs number of sources"] = evaluation.diversity_figure(extra["diversity_curve"])
+    evaluation.write_search_report(rows, ev, args.json, args.html, extra=extra, figures=figures)
     _print_table(rows)
     best = next(r for r in rows if r["best"])
     print(f"best: t_end {best['t_end']}, eta {best['eta']:g}, pairing {best['pairing']} (C2ST {best['c2st_stats']:.3f}; "
@@ -601,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.5)
     s.add_argument("--alpha-spread", type=float, default=0.0)
     s.add_argument("--kind", choices=("auto", "galaxy", "physical", "image"), default="auto")
+    s.add_argument("--diversity-curve", action="store_true", help="also measure diversity against the number of source images at the best cell (paper Fig. 7)")
     s.add_argument("--morph-max", type=int, default=60, help="galaxy: statmorph on at most this many images per cell (default: 60)")
     s.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
     s.add_argument("--seed", type=int, default=0)

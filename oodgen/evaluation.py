@@ -356,7 +356,7 @@ def search_figure(rows: Sequence[dict], floor: dict, crossfade: Optional[dict] =
 
 
 def write_search_report(rows: Sequence[dict], ev: Evaluation, json_path: Optional[str | Path] = None,
-                        html_path: Optional[str | Path] = None, extra: Optional[dict] = None) -> dict:
+                        html_path: Optional[str | Path] = None, extra: Optional[dict] = None, figures: Optional[dict] = None) -> dict:
     """Write a bandwidth search as JSON and/or offline HTML (the cell table, the trade-off plot, the full quality report)."""
     from .diagnostics import write_figures_page
 
@@ -371,6 +371,51 @@ def write_search_report(rows: Sequence[dict], ev: Evaluation, json_path: Optiona
         intro = (f"<p>{len(ev.real.x)} real images ({html.escape(ev.real.name)}); each cell generates the same number of samples and "
                  "is compared with half of the real set, as is the other half (the floor).</p>" + table
                  + f"<h2>Real and generated (each cell), same stretch</h2><img src='{_png_data_uri(ev.montage(k=8))}'>")
-        figs = {"quality vs diversity": search_figure(rows, payload["floor"], payload["crossfade"]), **ev.figures()}
+        figs = {"quality vs diversity": search_figure(rows, payload["floor"], payload["crossfade"]), **(figures or {}), **ev.figures()}
         write_figures_page(html_path, f"oodgen bandwidth search: {ev.real.name}", figs, payload, intro_html=intro)
     return payload
+
+
+def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 5, 10, 25, 50, 100), n: int = 24,
+                    t_end: int = 900, steps: int = 50, seed: int = 0, batch_size: int = 16,
+                    progress: Optional[Callable[[str, float], None]] = None) -> list[dict]:
+    """Diversity of generated samples against the number of source images (the paper's Fig. 7, without LPIPS).
+
+    The real set is inverted once; for each k in ``sizes`` (capped at the set size) ``n`` samples
+    are generated with ``settings`` from a seeded subset of k latents. Diversity = mean pairwise
+    distance of the samples (the quality module's pixel view) divided by the real set's.
+    Returns rows {k, diversity_ratio, nn_median} (nn_median: median distance to the nearest source).
+    """
+    from . import engine
+    from .config import DDIMSettings
+    from .data import to_model_input
+
+    report = progress or (lambda stage, frac: None)
+    x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
+    d = DDIMSettings(t_end=t_end, steps=min(steps, t_end), batch_size=batch_size)
+    z = engine.invert(model, x, d, progress=lambda a, b: report("invert", 0.5 * a / max(b, 1)))
+    phys = quality.PhysicalReference.from_real(real.x) if real.kind == "physical" else None
+    real_v = quality.pixel_view(real.x, phys)
+    base = quality.mean_pairwise_distance(real_v, seed=seed)
+    ks = sorted({min(k, len(z)) for k in sizes if k >= 2})
+    rows = []
+    for q_, k in enumerate(ks):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(z))[:k])
+        out = engine.generate(model, z[idx], n, d, settings)
+        gen = quality.pixel_view(model_output_set(out.images, real, stretch, f"k{k}").x, phys)
+        nn, _ = quality.nearest_real(gen, real_v[idx])
+        rows.append({"k": k, "diversity_ratio": round(quality.mean_pairwise_distance(gen, seed=seed) / base, 4),
+                     "nn_median": round(float(np.median(nn)), 4)})
+        report("generate", 0.5 + 0.5 * (q_ + 1) / len(ks))
+    return rows
+
+
+def diversity_figure(rows: Sequence[dict]):
+    """Diversity ratio against the number of source images (log x)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[r["k"] for r in rows], y=[r["diversity_ratio"] for r in rows], mode="lines+markers"))
+    fig.add_hline(y=1.0, line_dash="dash", annotation_text="real set")
+    fig.update_layout(xaxis_type="log", xaxis_title="number of source images inverted", yaxis_title="diversity / real set's",
+                      title="Diversity against the number of source images (paper Fig. 7, pixel distance)", height=380)
+    return fig

@@ -104,8 +104,12 @@ def test_search_command_evaluates_every_cell_and_names_one_best(tmp_path, capsys
         shutil.copy(f, real / f.name)
     js = tmp_path / "s.json"
     assert main(["-q", "search", "--input", str(real), "--model", str(BUNDLED_MODEL), "--t-end", "300", "600", "--eta", "0",
-                 "--n", "6", "--steps", "4", "--batch-size", "8", "--kind", "image", "--json", str(js), "--html", str(tmp_path / "s.html")]) == 0
+                 "--n", "6", "--steps", "4", "--batch-size", "8", "--kind", "image", "--diversity-curve", "--json", str(js), "--html", str(tmp_path / "s.html")]) == 0
     cells = json.loads(js.read_text())["cells"]
     assert [(c["t_end"], c["pairing"]) for c in cells] == [(300, "random"), (300, "nearest"), (600, "random"), (600, "nearest")]
     assert sum(c["best"] for c in cells) == 1
     assert "best: t_end" in capsys.readouterr().out
+    curve = json.loads(js.read_text())["diversity_curve"]
+    assert [r["k"] for r in curve] == [2, 5, 10, 12] and all(r["diversity_ratio"] >= 0 for r in curve)
+    assert curve[-1]["diversity_ratio"] > curve[0]["diversity_ratio"]  # two sources give (nearly) one image
+    assert "diversity vs number of sources" in (tmp_path / "s.html").read_text()
