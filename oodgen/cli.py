@@ -442,7 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _progress_bar("evaluate", args.quiet) as update:
         ev = evaluation.evaluate_sets(gen, real, baselines, args.kind, settings, with_crossfade=not args.no_crossfade,
                                       progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
-    evaluation.write_quality_report(ev, args.json, args.html)
+    evaluation.write_quality_report(ev, args.json, args.html, montage_path=args.montage)
     print(f"kind: {ev.report.kind}; real: {len(real.x)} images at {side}x{side}; each set compared with half B of the real set")
     print(evaluation.summary_text(ev))
     print(f"farthest from the floor ({gen.name}): {', '.join(ev.report.worst(gen.name))}")
@@ -598,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", metavar="OUT", help="write the report as JSON")
     s.add_argument("--html", metavar="OUT", help="write the report as one offline HTML page (table, figures, montages)")
+    s.add_argument("--montage", metavar="PNG", help="write the real-vs-generated montage (a row per set, same stretch) as a PNG")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("search", help="bandwidth search: generate over a grid of t_end, eta and pairing, evaluate every cell")

@@ -219,10 +219,17 @@ def _fmt(v) -> str:
 
 
 def write_quality_report(ev: Evaluation, json_path: Optional[str | Path] = None, html_path: Optional[str | Path] = None,
-                         extra: Optional[dict] = None) -> dict:
-    """Write the evaluation as JSON and/or one offline HTML page (table, figures, montage, NN pairs); returns the JSON payload."""
+                         extra: Optional[dict] = None, montage_path: Optional[str | Path] = None) -> dict:
+    """Write the evaluation as JSON and/or one offline HTML page (table, figures, montage, NN pairs) and/or the
+    montage as a PNG; returns the JSON payload."""
     from .diagnostics import write_figures_page
+    from .latents import atomic_write
 
+    if montage_path:
+        from PIL import Image
+
+        pic = Image.fromarray(ev.montage())
+        atomic_write(Path(montage_path), lambda tmp: pic.save(tmp, format="PNG"))
     payload = {**ev.report.to_json(), "real": {"name": ev.real.name, "n": len(ev.real.x), "note": ev.real.note, "unit": ev.real.unit},
                "sets": {k: {"n": len(s.x), "note": s.note} for k, s in ev.sets.items()}, **(extra or {})}
     if json_path:

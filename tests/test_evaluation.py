@@ -49,7 +49,7 @@ def test_evaluate_command_writes_json_and_offline_html(galaxies, tmp_path, capsy
     real, gen = galaxies
     js, page = tmp_path / "q.json", tmp_path / "q.html"
     assert main(["-q", "evaluate", "--generated", str(gen), "--real", str(real), "--kind", "image", *FAST,
-                 "--json", str(js), "--html", str(page)]) == 0
+                 "--json", str(js), "--html", str(page), "--montage", str(tmp_path / "m.png")]) == 0
     out = capsys.readouterr().out
     assert "floor (real A vs B)" in out and "crossfade" in out and "gen" in out
     payload = json.loads(js.read_text())
@@ -57,6 +57,7 @@ def test_evaluate_command_writes_json_and_offline_html(galaxies, tmp_path, capsy
     assert labels == ["floor (real A vs B)", "gen", "crossfade"]
     assert {"c2st_stats", "within_floor_frac", "near_copies", "diversity_ratio"} <= set(payload["summary"][1])
     assert len(payload["statistics"]) > 20 and "gen verdict" in payload["statistics"][0]
+    assert Image.open(tmp_path / "m.png").size[1] > 3 * 64  # real, gen and crossfade rows
     text = page.read_text()
     assert "<script src=\"http" not in text and "data:image/png;base64," in text and "Plotly" in text
 
