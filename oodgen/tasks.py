@@ -381,7 +381,7 @@ def run_quality(ctx: JobContext) -> str:
     ctx.progress(0, units, "loading images")
     st = rec.meta.get("stretch") or {}
     gen = evaluation.load_set(_generated_folder(rec), name=rec.name, unit=rec.meta.get("unit"), bands=st.get("bands"))
-    real = evaluation.load_set(folder, name=ds_name, side=gen.x.shape[1], unit=st.get("unit"), bands=st.get("bands"))
+    real = evaluation.load_set(folder, name=ds_name, unit=st.get("unit"), bands=st.get("bands"))
     if len(real.x) < MIN_REAL:
         raise ValueError(f"the real set '{ds_name}' has {len(real.x)} usable images; the quality floor (real half A vs half B) "
                          f"needs at least {MIN_REAL}: upload more real images and invert them again")
