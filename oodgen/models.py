@@ -57,8 +57,10 @@ DEFAULT_MODEL = "oodgen-faces-32"
 REGISTRY: dict[str, ModelSpec] = {
     s.key: s
     for s in (
-        ModelSpec(DEFAULT_MODEL, str(ASSETS / "models" / DEFAULT_MODEL), 32,
-                  "bundled 32x32 DDPM trained by oodgen on LFW face crops (offline, CPU-friendly)", bundled=True),
+        ModelSpec("oodgen-photos-64", str(ASSETS / "models" / "oodgen-photos-64"), 64,
+                  "bundled 64x64 colour DDPM trained by oodgen on natural photographs and faces (offline, CPU)", bundled=True),
+        ModelSpec("oodgen-faces-32", str(ASSETS / "models" / "oodgen-faces-32"), 32,
+                  "bundled 32x32 DDPM trained by oodgen on grey LFW face crops (the first default; fast)", bundled=True),
         ModelSpec("google/ddpm-ema-church-256", "google/ddpm-ema-church-256", 256, "DDPM, LSUN church 256x256 (Ho et al.), 114M params"),
         ModelSpec("google/ddpm-ema-celebahq-256", "google/ddpm-ema-celebahq-256", 256, "DDPM, CelebA-HQ faces 256x256, 114M params"),
         ModelSpec("google/ddpm-ema-bedroom-256", "google/ddpm-ema-bedroom-256", 256, "DDPM, LSUN bedroom 256x256, 114M params"),
