@@ -16,7 +16,7 @@ from typing import Optional  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from oodgen import service, tasks  # noqa: E402
-from oodgen.config import METHODS, DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.config import METHODS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
 from oodgen.ratings import ACR_LABELS  # noqa: E402
 from oodgen.workspace import new_browser_key  # noqa: E402
@@ -194,11 +194,30 @@ def on_strip(owner, run_id, i, j, k, method):
         raise _err(e) from None
 
 
-def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, name):
+def _whole(value, label: str) -> int:
+    """A whole number from a Number box; a clear error when it is empty or not whole."""
     try:
-        settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=int(seed), per_dim_variance=bool(per_dim),
-                                      geometric_filter=bool(use_filter), filter_tolerance=float(tolerance))
-        job = service.start_generate(owner, run_id, int(n), (name or "").strip(), settings)
+        if float(value) != int(value):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{label}: enter a whole number", print_exception=False) from None
+
+
+def on_gen_method(method, pairing):
+    """Show the batch options that apply: pairing, neighbours and alpha spread for slerp/lerp, clusters for gaussian."""
+    interp = method != "gaussian"
+    return (gr.Radio(visible=interp), gr.Number(visible=interp and pairing == "nearest"), gr.Slider(visible=interp),
+            gr.Number(visible=not interp), gr.Checkbox(visible=not interp))
+
+
+def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name):
+    try:
+        settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=_whole(seed, "Seed"), per_dim_variance=bool(per_dim),
+                                      geometric_filter=bool(use_filter), filter_tolerance=float(tolerance), pairing=pairing,
+                                      neighbours=_whole(neighbours, "Neighbours"), alpha_spread=float(spread),
+                                      clusters=_whole(clusters, "Clusters"))
+        job = service.start_generate(owner, run_id, _whole(n, "N samples"), (name or "").strip(), settings)
     except ValueError as e:
         raise _err(e) from None
     service.run_in_request(job)
@@ -207,9 +226,9 @@ def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, toleranc
 
 def on_generated(owner, gen_id):
     if not owner or not gen_id:
-        return []
+        return [], ""
     try:
-        return service.generated_gallery(owner, gen_id)
+        return service.generated_gallery(owner, gen_id), service.generated_summary(owner, gen_id)
     except ValueError as e:
         raise _err(e) from None
 
@@ -423,19 +442,30 @@ def build() -> gr.Blocks:
             strip = gr.Gallery(label="Strip", columns=7, height=200, elem_classes="pixelated", elem_id="strip")
             with gr.Accordion("Batch generation into a named set", open=True):
                 with gr.Row():
-                    gen_method = gr.Radio(list(METHODS), value="slerp", label="Method",
-                                          info="slerp/lerp: random pairs at alpha; gaussian: draws from the Gaussian fitted to the run")
+                    gen_method = gr.Radio(list(METHODS), value=GEN.method, label="Method", elem_id="gen_method",
+                                          info="slerp/lerp: pairs of samples interpolated at alpha; gaussian: draws from a Gaussian fitted to the run")
                     gen_n = gr.Number(value=16, precision=0, label="N samples", elem_id="gen_n")
                     gen_name = gr.Textbox(label="Set name", placeholder="galaxies slerp 0.5", elem_id="gen_name")
+                interp = GEN.method != "gaussian"
                 with gr.Row():
-                    use_filter = gr.Checkbox(label="Geometric filter (keep draws whose distances and angles match the run)")
+                    gen_pairing = gr.Radio(list(PAIRINGS), value=GEN.pairing, label="Pairing", elem_id="gen_pairing", visible=interp,
+                                           info="random pairs, or j among the latents nearest to i (one object, not two superposed)")
+                    gen_neighbours = gr.Number(value=GEN.neighbours, precision=0, minimum=1, label="Neighbours", elem_id="gen_neighbours",
+                                               visible=interp and GEN.pairing == "nearest", info="nearest: j among this many latents closest to i")
+                    gen_spread = gr.Slider(0, 0.5, value=GEN.alpha_spread, step=0.01, label="Alpha spread", elem_id="gen_spread", visible=interp,
+                                           info="each alpha drawn uniformly in [alpha - spread, alpha + spread]")
+                    gen_clusters = gr.Number(value=GEN.clusters, precision=0, minimum=1, label="Clusters", elem_id="gen_clusters",
+                                             visible=not interp, info="gaussian: one Gaussian per k-means cluster of the run's latents")
+                with gr.Row():
+                    use_filter = gr.Checkbox(value=GEN.geometric_filter, label="Geometric filter (keep draws whose distances and angles match the run)")
                     tolerance = gr.Slider(0.01, 0.5, value=GEN.filter_tolerance, step=0.01, label="Filter tolerance")
-                    per_dim = gr.Checkbox(label="Gaussian: per-dimension variance")
+                    per_dim = gr.Checkbox(value=GEN.per_dim_variance, label="Gaussian: per-dimension variance", visible=not interp)
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
                 gen_note = gr.Markdown()
                 with gr.Row():
                     generated = gr.Dropdown([], label="Generated sets", scale=3, elem_id="generated")
                     dl_btn = gr.Button("Download zip (PNG + physical .npy + latents)", scale=1, elem_id="dl_btn")
+                gen_info = gr.Markdown(elem_id="gen_info")
                 dl_file = gr.File(label="Download", elem_id="dl_file")
                 gen_gallery = gr.Gallery(label="Generated", columns=10, height=260, elem_classes="pixelated", elem_id="gen_gallery")
 
@@ -554,9 +584,12 @@ def build() -> gr.Blocks:
         for control in (alpha, i, j, eta, method, seed):
             control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")
         strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method], strip)
-        gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim, gen_name],
-                      [gen_note, jobs])
-        generated.change(on_generated, [owner, generated], gen_gallery)
+        for control in (gen_method, gen_pairing):
+            control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim],
+                           show_progress="hidden")
+        gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim,
+                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name], [gen_note, jobs])
+        generated.change(on_generated, [owner, generated], [gen_gallery, gen_info])
         dl_btn.click(on_download, [owner, generated], dl_file)
 
         q_gen.change(on_quality_show, [owner, q_gen], [q_seen, *quality_outputs])

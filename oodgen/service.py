@@ -445,16 +445,31 @@ def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: st
     return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, np.linspace(0, 1, k))]
 
 
+def generation_label(settings: GenerationSettings | dict) -> str:
+    """A short description of batch-generation settings: the method and the options that apply to it."""
+    g = settings if isinstance(settings, GenerationSettings) else GenerationSettings(**settings)
+    if g.method == "gaussian":
+        parts = ["gaussian", f"{g.clusters} clusters" if g.clusters > 1 else "", "per-dimension variance" if g.per_dim_variance else ""]
+    else:
+        pairs = f"nearest pairs ({g.neighbours} neighbours)" if g.pairing == "nearest" else "random pairs"
+        parts = [g.method, pairs, f"alpha {g.alpha:g} ± {g.alpha_spread:g}" if g.alpha_spread else f"alpha {g.alpha:g}"]
+    if g.geometric_filter:
+        parts.append(f"geometric filter {g.filter_tolerance:g}")
+    return ", ".join(p for p in parts if p)
+
+
 def start_generate(owner: str, run_id: str, n: int, name: str, settings: GenerationSettings) -> Job:
+    """Queue a batch generation job; its generated set records ``settings`` (all fields) in its manifest."""
     rec = _run(owner, run_id)
     limit = backend().limits.max_generate
     if not 1 <= int(n) <= limit:
         raise UserError(f"N = {n}: generate between 1 and {limit} samples at once (OODGEN_MAX_GENERATE)")
-    if settings.method != "gaussian" and rec.meta["n"] < 2:
-        raise UserError("interpolation needs a run with at least 2 samples")
+    if rec.meta["n"] < 2:
+        raise UserError("interpolation needs a run with at least 2 samples" if settings.method != "gaussian"
+                        else "fitting a Gaussian needs a run with at least 2 samples")
     if name:
         check_name(name, "name of the generated set")
-    label = f"generate {int(n)} from {rec.name} ({settings.method})"
+    label = f"generate {int(n)} from {rec.name} ({generation_label(settings)})"
     return backend().jobs.submit("generate", owner, label, {"run": rec.id, "n": int(n), "name": name, "generation": settings.to_json()})
 
 
@@ -473,6 +488,21 @@ def generated_gallery(owner: str, gen_id: str, limit: int = 60) -> list[tuple[np
     rec = _generated(owner, gen_id)
     files = sorted((rec.root / "images").glob("*.png"))[:limit]
     return [(upscale(np.asarray(Image.open(f).convert("RGB")), 128), f.stem) for f in files]
+
+
+def generated_summary(owner: str, gen_id: Optional[str]) -> str:
+    """Markdown: what generated set ``gen_id`` is and the generation settings its manifest records."""
+    if not gen_id:
+        return ""
+    rec = _generated(owner, gen_id)
+    g = rec.meta.get("generation") or {}
+    try:
+        what = generation_label(g)
+    except (TypeError, ValueError):  # a set made by another version: show what it recorded
+        what = str(g.get("method", "?"))
+    recorded = " · ".join(f"{k} {v}" for k, v in g.items())
+    return (f"**{html.escape(rec.name)}**: {rec.meta.get('n')} samples from run *{html.escape(str(rec.meta.get('run_name')))}* "
+            f"({html.escape(what)}).  \nRecorded settings: {html.escape(recorded)}")
 
 
 def download_generated(owner: str, gen_id: str) -> str:

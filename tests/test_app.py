@@ -1,5 +1,6 @@
 """The real app in a real browser: Playwright driving Debian's chromium against a live local server."""
 
+import json
 import os
 import shutil
 import socket
@@ -176,14 +177,51 @@ def test_fast_thumbnail_clicks_alternate_i_and_j(page):
         assert page.locator("#pick_note").inner_text() == f"Sample j = {clicks[-1]}."
 
 
-def test_generate_set_and_download_zip(page, tmp_path):
+def test_batch_controls_start_at_the_generation_defaults_and_reach_the_settings(monkeypatch, tmp_path):
+    """No browser: the batch controls' defaults are GenerationSettings(), and on_generate passes every option on."""
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
+    import app
+    from oodgen.config import GenerationSettings
+
+    g = GenerationSettings()
+    by_id = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert (by_id["gen_method"].value, by_id["gen_pairing"].value) == (g.method, g.pairing)
+    assert (by_id["gen_neighbours"].value, by_id["gen_spread"].value, by_id["gen_clusters"].value) == (g.neighbours, g.alpha_spread, g.clusters)
+    assert by_id["gen_neighbours"].visible == (g.method != "gaussian" and g.pairing == "nearest")
+    seen = []
+    monkeypatch.setattr(app.service, "start_generate", lambda owner, run, n, name, s: seen.append((n, name, s)) or _FakeJob())
+    monkeypatch.setattr(app.service, "run_in_request", lambda job: None)
+    monkeypatch.setattr(app.service, "jobs_html", lambda owner: "")
+    app.on_generate("anon-a", "run-1", "lerp", 8.0, 0.4, 0.1, 3, True, 0.2, False, "nearest", 4.0, 0.15, 2.0, " my set ")
+    assert seen == [(8, "my set", GenerationSettings(method="lerp", alpha=0.4, eta=0.1, seed=3, geometric_filter=True, filter_tolerance=0.2,
+                                                     pairing="nearest", neighbours=4, alpha_spread=0.15, clusters=2))]
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Neighbours: enter a whole number"):
+        app.on_generate("anon-a", "run-1", "slerp", 8, 0.5, 0, 0, False, 0.05, False, "nearest", None, 0.0, 1, "")
+    with pytest.raises(gr.Error, match="alpha_spread"):
+        app.on_generate("anon-a", "run-1", "slerp", 8, 0.5, 0, 0, False, 0.05, False, "nearest", 5, 0.7, 1, "")
+
+
+class _FakeJob:
+    label = "fake"
+
+
+def test_generate_set_and_download_zip(page, server, tmp_path):
     _tab(page, "Generate")
+    page.locator("#gen_neighbours").wait_for(state="hidden", timeout=30_000)  # random pairing: no neighbour count
+    page.locator("#gen_pairing").get_by_label("nearest", exact=True).check()
+    page.locator("#gen_neighbours input[type=number]").wait_for(timeout=30_000)  # shown for nearest pairing
+    _number(page, "gen_neighbours", 4)
+    _number(page, "gen_spread", 0.1)
     _number(page, "gen_n", 8)
     _fill(page, "gen_name", "browser set")
     page.locator("#gen_btn").click()
     page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("generated 8 samples").wait_for(timeout=180_000)
     page.wait_for_function("() => document.querySelector('#generated input').value.includes('browser set')", timeout=30_000)
     page.locator("#gen_gallery img").nth(7).wait_for(timeout=60_000)
+    for text in ("nearest pairs (4 neighbours)", "pairing nearest", "neighbours 4", "alpha_spread 0.1"):  # what the set's manifest records
+        _wait_text(page, "gen_info", text)
     page.locator("#dl_btn").click()
     link = page.locator("#dl_file a").first
     link.wait_for(timeout=60_000)
@@ -195,6 +233,23 @@ def test_generate_set_and_download_zip(page, tmp_path):
         names = zf.namelist()
     assert sum(n.endswith(".png") for n in names) == 8
     assert any(n.endswith("generated.json") for n in names) and any(n.endswith("latents.safetensors") for n in names)
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read(next(n for n in names if n.endswith("generated.json"))))
+    gen = manifest["generation"]
+    assert (gen["pairing"], gen["neighbours"], gen["alpha_spread"], gen["method"]) == ("nearest", 4, 0.1, "slerp"), gen
+    # every pair is a sample and one of its 4 nearest latents in the run; alpha within 0.5 +- 0.1
+    import torch
+
+    from oodgen.latents import load_latents
+    from oodgen.workspace import Workspace
+
+    z, _ = load_latents(Workspace(server_home(server)).get("runs", manifest["run"]).root / "latents.safetensors")
+    d = torch.cdist(z.reshape(len(z), -1).double(), z.reshape(len(z), -1).double())
+    d.fill_diagonal_(float("inf"))
+    nearest = d.topk(4, dim=1, largest=False).indices.tolist()
+    assert len(manifest["draws"]) == 8
+    for dr in manifest["draws"]:
+        assert dr["j"] in nearest[dr["i"]] and 0.4 - 1e-9 <= dr["alpha"] <= 0.6 + 1e-9, dr
     _shot(page, tmp_path, "generate_set")
     # without a reload, the new set is offered to the study creator in the Results tab
     _tab(page, "Results")

@@ -241,3 +241,55 @@ def test_study_quality_needs_the_admin_token(backend, monkeypatch):
     with pytest.raises(service.UserError, match="admin token"):
         service.study_quality("wrong")
     assert service.study_quality("s3cret").empty
+
+
+def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_follows_them(backend):
+    import torch
+
+    from oodgen import tasks
+    from oodgen.latents import load_latents
+    from oodgen.sampling import interpolate
+    from tests.conftest import require_bundled_model
+
+    require_bundled_model()
+    owner, jobs = "anon-a", backend.jobs
+    inv = jobs.wait(service.start_invert(owner, "bundled:faces", "oodgen-faces-32", service.DDIMSettings(900, 5, 4), "faces run").id, 300)
+    assert inv.status == "done", inv.message
+    settings = service.GenerationSettings(method="slerp", alpha=0.5, pairing="nearest", neighbours=3, alpha_spread=0.1, seed=4)
+    job = service.start_generate(owner, inv.result, 16, "faces nearest", settings)
+    assert "nearest pairs (3 neighbours)" in job.label and "alpha 0.5 ± 0.1" in job.label
+    job = jobs.wait(job.id, 300)
+    assert job.status == "done", job.message
+    rec = backend.ws.get("generated", job.result, owner)
+
+    # the manifest and the latents file record every setting, the new ones included
+    assert rec.meta["generation"] == settings.to_json()
+    assert rec.meta["generation"]["pairing"] == "nearest" and rec.meta["generation"]["alpha_spread"] == 0.1
+    gen_z, gen_meta = load_latents(rec.root / tasks.LATENTS)
+    assert gen_meta["generation"] == settings.to_json()
+    summary = service.generated_summary(owner, rec.id)
+    assert "pairing nearest" in summary and "alpha_spread 0.1" in summary and "neighbours 3" in summary
+
+    # every pair is (i, j) with j among the 3 latents nearest to i; alpha within 0.5 ± 0.1, and really spread
+    z, _ = load_latents(backend.ws.get("runs", inv.result, owner).root / tasks.LATENTS)
+    flat = z.reshape(len(z), -1).double()
+    d = torch.cdist(flat, flat)
+    d.fill_diagonal_(float("inf"))
+    nearest = d.topk(3, dim=1, largest=False).indices.tolist()
+    draws = rec.meta["draws"]
+    assert len(draws) == 16
+    for k, dr in enumerate(draws):
+        assert dr["method"] == "slerp" and dr["j"] in nearest[dr["i"]], (k, dr, nearest[dr["i"]])
+        assert 0.4 - 1e-9 <= dr["alpha"] <= 0.6 + 1e-9, dr
+        # the saved latent is the interpolation the draw records
+        assert torch.allclose(gen_z[k], interpolate(z[dr["i"]], z[dr["j"]], dr["alpha"], "slerp"), atol=1e-4), k
+    assert len({round(dr["alpha"], 6) for dr in draws}) > 8
+    assert len({dr["i"] for dr in draws}) > 4  # i itself is drawn at random
+
+
+def test_batch_generation_label_names_the_options_that_apply():
+    g = service.GenerationSettings
+    assert service.generation_label(g()) == "slerp, random pairs, alpha 0.5"
+    assert service.generation_label(g(method="lerp", pairing="nearest", neighbours=4, alpha_spread=0.2)) == \
+        "lerp, nearest pairs (4 neighbours), alpha 0.5 ± 0.2"
+    assert service.generation_label({"method": "gaussian", "clusters": 3, "pairing": "nearest"}) == "gaussian, 3 clusters"
