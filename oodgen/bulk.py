@@ -209,7 +209,7 @@ class ChunkStore:
         return meta if meta.get("key") == key else None
 
     def save(self, k: int, key: str, z: torch.Tensor, inp: ChunkInput) -> dict:
-        meta = {"key": key, "chunk": k, "sources": sources_of(inp.samples), "errors": [list(e) for e in inp.errors]}
+        meta = {"key": key, "chunk": k, "sources": sources_of(inp.samples, inp.x), "errors": [list(e) for e in inp.errors]}
         save_latents(self.path(k), z, meta)
         return meta
 

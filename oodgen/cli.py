@@ -14,7 +14,7 @@ from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
-from .config import METHODS, PAIRINGS, DDIMSettings, GenerationSettings
+from .config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
 
 log = logging.getLogger("oodgen")
 
@@ -274,7 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from . import engine
     from .data import Stretch, from_model_output, to_uint8_rgb
-    from .latents import load_latents, save_latents
+    from .latents import load_latents, save_latents, source_noise
 
     z, meta = load_latents(args.latents)
     t_end = args.t_end if args.t_end is not None else meta.get("t_end")
@@ -286,11 +286,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps))
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter, pairing=args.pairing,
-                                      neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters)
+                                      neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters, noise=args.noise)
     model = _load_model(args, meta)
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
-        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update)
+        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
@@ -453,7 +453,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from . import evaluation, quality
 
     real = evaluation.load_set(args.input)
-    grid = evaluation.SearchGrid(t_end=tuple(args.t_end), eta=tuple(args.eta), pairing=tuple(args.pairing), n_per_cell=args.n, steps=args.steps)
+    grid = evaluation.SearchGrid(t_end=tuple(args.t_end), eta=tuple(args.eta), pairing=tuple(args.pairing), noise=tuple(args.noise),
+                                 n_per_cell=args.n, steps=args.steps)
     base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread)
     model = _load_model(args)
     settings = quality.QualitySettings(kind=args.kind, morph_max=args.morph_max, seed=args.seed)
@@ -464,7 +465,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     figures = {}
     if args.diversity_curve:
         best = next(r for r in rows if r["best"])
-        g = GenerationSettings(**{**base.to_json(), "eta": best["eta"], "pairing": best["pairing"]})
+        g = GenerationSettings(**{**base.to_json(), "eta": best["eta"], "pairing": best["pairing"], "noise": best["noise"]})
         with _progress_bar("diversity curve", args.quiet) as update:
             extra["diversity_curve"] = evaluation.diversity_curve(model, real, g, t_end=best["t_end"], steps=args.steps, seed=args.seed,
                                                                   batch_size=_batch_size(args, model),
@@ -473,7 +474,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     evaluation.write_search_report(rows, ev, args.json, args.html, extra=extra, figures=figures)
     _print_table(rows)
     best = next(r for r in rows if r["best"])
-    print(f"best: t_end {best['t_end']}, eta {best['eta']:g}, pairing {best['pairing']} (C2ST {best['c2st_stats']:.3f}; "
+    print(f"best: t_end {best['t_end']}, eta {best['eta']:g}, pairing {best['pairing']}, noise {best['noise']} (C2ST {best['c2st_stats']:.3f}; "
           f"floor {ev.report.summary()[0]['c2st_stats']:.3f})")
     return 0
 
@@ -543,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha-spread", type=float, default=g.alpha_spread,
                    help=f"alpha drawn uniformly in [alpha - spread, alpha + spread] (default: {g.alpha_spread})")
     s.add_argument("--clusters", type=int, default=g.clusters, help=f"gaussian: one Gaussian per k-means cluster (default: {g.clusters})")
+    s.add_argument("--noise", choices=NOISE_MODELS, default=g.noise,
+                   help=f"match: add white noise up to the source images' pixel (sky) noise, measured at inversion (default: {g.noise})")
     s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)
@@ -606,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--t-end", type=int, nargs="+", default=[500, 700, 900], help="operating timesteps (default: 500 700 900)")
     s.add_argument("--eta", type=float, nargs="+", default=[0.0, 0.5], help="decoding stochasticity values (default: 0 0.5)")
     s.add_argument("--pairing", nargs="+", choices=PAIRINGS, default=list(PAIRINGS), help="pairing strategies (default: all)")
+    s.add_argument("--noise", nargs="+", choices=NOISE_MODELS, default=list(NOISE_MODELS), help="noise models (default: all; no extra decoding)")
     s.add_argument("--n", type=int, default=40, help="samples per cell (default: 40)")
     s.add_argument("--steps", type=int, default=DDIMSettings().steps, help="DDIM steps per t_end")
     s.add_argument("--method", choices=("slerp", "lerp"), default="slerp")

@@ -8,6 +8,7 @@ from typing import Literal
 Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
 PAIRINGS: tuple[str, ...] = ("random", "nearest")
+NOISE_MODELS: tuple[str, ...] = ("none", "match")
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,15 @@ class GenerationSettings:
     neighbours: int = 5  # nearest pairing: how many nearest latents j is drawn from
     alpha_spread: float = 0.0  # alpha drawn uniformly in [alpha - spread, alpha + spread] (clipped to [0, 1])
     clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
+    noise: str = "none"  # none, or match: add white noise up to the source images' pixel noise (sky noise), measured at inversion
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
         if self.pairing not in PAIRINGS:
             raise ValueError(f"pairing={self.pairing!r} is not one of {', '.join(PAIRINGS)}")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise={self.noise!r} is not one of {', '.join(NOISE_MODELS)}")
         if self.neighbours < 1 or self.clusters < 1:
             raise ValueError(f"neighbours={self.neighbours} and clusters={self.clusters} must be at least 1")
         if not 0.0 <= self.alpha_spread <= 0.5:

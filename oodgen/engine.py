@@ -23,7 +23,7 @@ import torch
 from . import ddim
 from .config import DDIMSettings, GenerationSettings
 from .models import FrozenDDPM, is_out_of_memory
-from .sampling import Draw, sample_latents
+from .sampling import Draw, match_noise, sample_latents
 
 log = logging.getLogger(__name__)
 
@@ -441,8 +441,19 @@ def generate(
     settings: GenerationSettings = GenerationSettings(),
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    source_noise: Optional[Sequence[float]] = None,
 ) -> Generated:
-    """n new images in [-1, 1] from the OOD region of ``latents`` [N, C, H, W], with their latents and provenance."""
+    """n new images in [-1, 1] from the OOD region of ``latents`` [N, C, H, W], with their latents and provenance.
+
+    ``settings.noise == "match"`` adds white noise up to ``source_noise`` (per channel, model units;
+    :func:`oodgen.latents.source_noise` of the latent file); without it a warning says nothing was added.
+    """
     z, draws = sample_latents(latents, n, settings)
     images = denoise(model, z, ddim_settings, settings.eta, settings.seed, progress, cancel)
+    if settings.noise == "match":
+        if source_noise is None:
+            log.warning("noise=match: the latent file records no source noise (made before oodgen measured it); no noise added")
+        else:
+            g = torch.Generator().manual_seed(settings.seed * 7_919 + 17)
+            images = match_noise(images, torch.tensor(list(source_noise), dtype=torch.float32), g)
     return Generated(images.clamp(-1, 1), z, draws)

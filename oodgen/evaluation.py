@@ -273,16 +273,17 @@ class SearchGrid:
     t_end: tuple[int, ...] = (500, 700, 900)  # operating timesteps (one inversion each)
     eta: tuple[float, ...] = (0.0, 0.5)  # DDIM stochasticity while decoding
     pairing: tuple[str, ...] = ("random", "nearest")  # interpolation pairing strategies
+    noise: tuple[str, ...] = ("none", "match")  # noise models (the same decoded images, with and without matched noise)
     n_per_cell: int = 40  # generated samples per cell
     steps: int = 50  # DDIM steps between 0 and each t_end
     max_copies: float = 0.05  # a cell whose near-copy fraction exceeds this cannot be the best
 
-    def cells(self) -> list[tuple[int, float, str]]:
-        return [(t, e, p) for t in self.t_end for e in self.eta for p in self.pairing]
+    def cells(self) -> list[tuple[int, float, str, str]]:
+        return [(t, e, p, nz) for t in self.t_end for e in self.eta for p in self.pairing for nz in self.noise]
 
 
-def cell_label(t_end: int, eta: float, pairing: str) -> str:
-    return f"t{t_end} eta{eta:g} {pairing}"
+def cell_label(t_end: int, eta: float, pairing: str, noise: str = "none") -> str:
+    return f"t{t_end} eta{eta:g} {pairing}" + ("" if noise == "none" else f" noise-{noise}")
 
 
 def model_output_set(images: torch.Tensor, like: ImageSet, stretch: Optional[Stretch], name: str) -> ImageSet:
@@ -313,28 +314,34 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
     cells = grid.cells()
     gens: dict[str, ImageSet] = {}
-    work = len(grid.t_end) * len(x) + len(cells) * grid.n_per_cell
     done = 0
+    from .sampling import match_noise, pixel_noise
+
+    target = pixel_noise(x).median(dim=0).values  # the sources' pixel noise per channel (model units)
+    decodes = sorted({(t, e, p) for t, e, p, _ in cells})
+    work = len(grid.t_end) * len(x) + len(decodes) * grid.n_per_cell
     for t_end in grid.t_end:
         ddim_settings = DDIMSettings(t_end=t_end, steps=min(grid.steps, t_end), batch_size=batch_size)
         z = engine.invert(model, x, ddim_settings, progress=lambda d, n: report(f"invert t={t_end}", (done + len(x) * d / max(n, 1)) / work))
         done += len(x)
-        for t, eta, pairing in cells:
+        for t, eta, pairing in decodes:
             if t != t_end:
                 continue
-            g = replace(base, eta=eta, pairing=pairing)
+            g = replace(base, eta=eta, pairing=pairing, noise="none")
             out = engine.generate(model, z, grid.n_per_cell, ddim_settings, g,
                                   progress=lambda d, n: report(f"generate {cell_label(t, eta, pairing)}", (done + grid.n_per_cell * d / max(n, 1)) / work))
             done += grid.n_per_cell
-            label = cell_label(t, eta, pairing)
-            gens[label] = model_output_set(out.images, real, stretch, label)
+            for nz in grid.noise:
+                label = cell_label(t, eta, pairing, nz)
+                images = out.images if nz == "none" else match_noise(out.images, target, torch.Generator().manual_seed(base.seed * 7_919 + 17)).clamp(-1, 1)
+                gens[label] = model_output_set(images, real, stretch, label)
     ev = evaluate_sets(next(iter(gens.values())), real, list(gens.values())[1:], kind, settings, with_crossfade=True,
                        progress=lambda s, f: report(f"evaluate: {s}", f))
     summary = {r["label"]: r for r in ev.report.summary()}
     rows = []
-    for t, eta, pairing in cells:
-        r = summary[cell_label(t, eta, pairing)]
-        rows.append({"t_end": t, "eta": eta, "pairing": pairing, "c2st_stats": r["c2st_stats"], "c2st_pixels": r["c2st_pixels"],
+    for t, eta, pairing, nz in cells:
+        r = summary[cell_label(t, eta, pairing, nz)]
+        rows.append({"t_end": t, "eta": eta, "pairing": pairing, "noise": nz, "c2st_stats": r["c2st_stats"], "c2st_pixels": r["c2st_pixels"],
                      "within_floor_frac": r["within_floor_frac"], "frechet": r["frechet"], "near_copies": r["near_copies"],
                      "diversity_ratio": r["diversity_ratio"], "best": False})
     ok = [r for r in rows if (r["near_copies"] or 0) <= grid.max_copies] or rows
@@ -349,7 +356,7 @@ def search_figure(rows: Sequence[dict], floor: dict, crossfade: Optional[dict] =
 
     fig = go.Figure()
     fig.add_scatter(x=[r["diversity_ratio"] for r in rows], y=[r["c2st_stats"] for r in rows], mode="markers+text",
-                    text=[cell_label(r["t_end"], r["eta"], r["pairing"]) + (" (best)" if r["best"] else "") for r in rows],
+                    text=[cell_label(r["t_end"], r["eta"], r["pairing"], r["noise"]) + (" (best)" if r["best"] else "") for r in rows],
                     textposition="top center", name="cells",
                     marker=dict(size=12, color=[r["near_copies"] or 0 for r in rows], colorscale="Reds", cmin=0, cmax=0.3,
                                 colorbar=dict(title="near-copies"), line=dict(width=1, color="black")))
@@ -401,6 +408,9 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
     d = DDIMSettings(t_end=t_end, steps=min(steps, t_end), batch_size=batch_size)
     z = engine.invert(model, x, d, progress=lambda a, b: report("invert", 0.5 * a / max(b, 1)))
+    from .sampling import pixel_noise
+
+    noise = pixel_noise(x).median(dim=0).values.tolist()
     phys = quality.PhysicalReference.from_real(real.x) if real.kind == "physical" else None
     real_v = quality.pixel_view(real.x, phys)
     base = quality.mean_pairwise_distance(real_v, seed=seed)
@@ -408,7 +418,7 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     rows = []
     for q_, k in enumerate(ks):
         idx = np.sort(np.random.default_rng(seed).permutation(len(z))[:k])
-        out = engine.generate(model, z[idx], n, d, settings)
+        out = engine.generate(model, z[idx], n, d, settings, source_noise=noise)
         gen = quality.pixel_view(model_output_set(out.images, real, stretch, f"k{k}").x, phys)
         nn, _ = quality.nearest_real(gen, real_v[idx])
         rows.append({"k": k, "diversity_ratio": round(quality.mean_pairwise_distance(gen, seed=seed) / base, 4),

@@ -14,7 +14,7 @@ import struct
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from safetensors import safe_open
@@ -144,9 +144,27 @@ def count_latents(path: str | Path) -> int:
         return int(f.get_slice(TENSOR).get_shape()[0])
 
 
-def sources_of(samples: Any) -> list[dict[str, str]]:
-    """The ``sources`` metadata entries (name and content hash) of :class:`oodgen.data.Sample` s, in order."""
-    return [{"name": s.name, "sha256": s.sha256} for s in samples]
+def sources_of(samples: Any, x: Any = None) -> list[dict[str, Any]]:
+    """The ``sources`` metadata entries of :class:`oodgen.data.Sample` s, in order: name, content hash and,
+    when the model inputs ``x`` [N, C, H, W] are given, each image's pixel-noise sigma per channel in
+    model units (:func:`oodgen.sampling.pixel_noise`; read back by :func:`source_noise`)."""
+    out: list[dict[str, Any]] = [{"name": s.name, "sha256": s.sha256} for s in samples]
+    if x is not None and len(out):
+        from .sampling import pixel_noise
+
+        for entry, sig in zip(out, pixel_noise(x).tolist()):
+            entry["noise"] = [round(v, 6) for v in sig]
+    return out
+
+
+def source_noise(meta: dict[str, Any]) -> Optional[list[float]]:
+    """Median per-channel pixel noise of a latent file's sources (model units), or None if not recorded."""
+    import statistics
+
+    sigs = [s["noise"] for s in meta.get("sources") or [] if isinstance(s, dict) and s.get("noise")]
+    if not sigs:
+        return None
+    return [statistics.median(col) for col in zip(*sigs)]
 
 
 def inversion_metadata(model: str, model_config: Any, resolution: int, settings: Any, kind: str, sources: list[dict[str, str]], stretch: Any) -> dict[str, Any]:

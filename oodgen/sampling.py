@@ -246,3 +246,31 @@ def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, 
             f"raise filter_tolerance (now {settings.filter_tolerance}) or switch the filter off"
         )
     return torch.cat(kept)[:n], draws[:n]
+
+
+def pixel_noise(x: torch.Tensor) -> torch.Tensor:
+    """Robust per-image, per-channel pixel-noise sigma of images ``x`` [N, C, H, W]: [N, C].
+
+    sigma = 1.4826 MAD(d) / sqrt(2) over the horizontal and vertical first differences d of the
+    image: white noise of sigma s gives s; smooth structure (galaxy profiles, dust filaments)
+    barely moves the median, so on astronomical images it measures the sky / instrument noise.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"pixel_noise needs images [N, C, H, W], got shape {tuple(x.shape)}")
+    x = x.double()
+    d = torch.cat([(x[..., :, 1:] - x[..., :, :-1]).flatten(2), (x[..., 1:, :] - x[..., :-1, :]).flatten(2)], dim=2)
+    mad = (d - d.median(dim=2, keepdim=True).values).abs().median(dim=2).values
+    return (1.4826 * mad / math.sqrt(2)).float()
+
+
+def match_noise(images: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Add white Gaussian noise to ``images`` [N, C, H, W] so each image's :func:`pixel_noise` reaches ``target`` [C].
+
+    Per image and channel the added sigma is sqrt(max(target^2 - own^2, 0)): an image already as
+    noisy as the target is left alone. The generator seeds the noise (same seed, same images).
+    """
+    own = pixel_noise(images)  # [N, C]
+    add = (target.double()[None, :] ** 2 - own.double() ** 2).clamp_min(0).sqrt().float()
+    noise = torch.randn(images.shape, generator=generator)
+    return images + noise * add[:, :, None, None]
+

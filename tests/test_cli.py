@@ -55,8 +55,13 @@ def test_generate_physical_writes_npy_in_physical_units(tiny_pipeline_dir, tmp_p
     assert main(["-q", "generate", "--latents", str(z), "--n", "2", "--out", str(gen)]) == 0
     arr = np.load(gen / "gen_0000.npy")
     assert arr.shape == (3, 8, 8) and arr.dtype == np.float32
-    # band order and scale come back: the 3rd band (250 um-like) is the brightest
-    assert np.median(arr[2]) > np.median(arr[1]) > np.median(arr[0])
+    # band order and scale come back: each band lies in its own physical range (a reversed order would
+    # put the ~1000-level 3rd band into the ~5-level 1st); the random tiny model saturates, so no medians
+    lo, hi = meta["stretch"]["lo"], meta["stretch"]["hi"]
+    assert hi[2] > 10 * hi[1] > 10 * hi[0]
+    for b in range(3):
+        assert lo[b] - 1e-5 <= arr[b].min() and arr[b].max() <= hi[b] * (1 + 1e-4)
+    assert arr[2].max() > hi[1]
 
 
 def test_reconstruct_json(tiny_pipeline_dir, pngs, capsys):
@@ -181,3 +186,32 @@ def test_diagnose_samples_large_latent_files_without_loading_them(tmp_path, caps
     report = json.loads(out.read_text())
     assert report["n_ood"] == 10 and report["n_id"] == 12
     assert main(["-q", "diagnose", "--ood", str(tmp_path / "ood.safetensors"), "--id-prior", "12", "--max-n", "1"]) == 2
+
+
+def test_inversion_records_source_noise_and_generate_matches_it(tiny_pipeline_dir, tmp_path):
+    """invert stores each source's pixel noise; generate --noise match adds noise up to their median."""
+    from oodgen.latents import source_noise
+    from oodgen.sampling import pixel_noise
+
+    d = tmp_path / "noisy"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        img = 0.5 + rng.normal(0, 0.2, (8, 8, 3))  # noisier than anything the tiny random model makes
+        Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(d / f"n{k}.png")
+    z_file = tmp_path / "z.safetensors"
+    assert main(["-q", "invert", "--input", str(d), "--out", str(z_file), "--model", str(tiny_pipeline_dir), "--t-end", "300", "--steps", "4"]) == 0
+    _, meta = load_latents(z_file)
+    assert all(len(s["noise"]) == 3 for s in meta["sources"])
+    target = source_noise(meta)
+    assert 0.25 < np.mean(target) < 0.5  # 0.2 in [0, 1] units is 0.4 in the model's [-1, 1] (less after clipping)
+    for noise in ("none", "match"):
+        out = tmp_path / noise
+        assert main(["-q", "generate", "--latents", str(z_file), "--n", "4", "--out", str(out), "--noise", noise, "--steps", "4"]) == 0
+        man = json.loads((out / "generated.json").read_text())
+        assert man["generation"]["noise"] == noise
+    import torch
+    x = lambda folder: torch.from_numpy(np.stack([np.asarray(Image.open(f), np.float32) / 127.5 - 1 for f in sorted(folder.glob("*.png"))])).permute(0, 3, 1, 2)  # noqa: E731
+    matched, plain = pixel_noise(x(tmp_path / "match")), pixel_noise(x(tmp_path / "none"))
+    assert matched.mean() > plain.mean() and (matched >= plain - 0.03).all()  # noise is only ever added
+    assert matched.mean(0).min() >= 0.85 * min(target)  # and reaches the sources' level

@@ -107,7 +107,8 @@ def test_search_command_evaluates_every_cell_and_names_one_best(tmp_path, capsys
     assert main(["-q", "search", "--input", str(real), "--model", str(BUNDLED_MODEL), "--t-end", "300", "600", "--eta", "0",
                  "--n", "6", "--steps", "4", "--batch-size", "8", "--kind", "image", "--diversity-curve", "--json", str(js), "--html", str(tmp_path / "s.html")]) == 0
     cells = json.loads(js.read_text())["cells"]
-    assert [(c["t_end"], c["pairing"]) for c in cells] == [(300, "random"), (300, "nearest"), (600, "random"), (600, "nearest")]
+    assert [(c["t_end"], c["pairing"], c["noise"]) for c in cells] == [
+        (t, p, nz) for t in (300, 600) for p in ("random", "nearest") for nz in ("none", "match")]
     assert sum(c["best"] for c in cells) == 1
     assert "best: t_end" in capsys.readouterr().out
     curve = json.loads(js.read_text())["diversity_curve"]

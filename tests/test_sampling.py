@@ -167,3 +167,29 @@ def test_generation_settings_reject_bad_options():
         GenerationSettings(alpha_spread=0.7)
     with pytest.raises(ValueError, match="clusters"):
         GenerationSettings(clusters=0)
+
+
+def test_pixel_noise_measures_white_noise_under_smooth_structure():
+    from oodgen.sampling import pixel_noise
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = torch.exp(-((yy - 32) ** 2 + (xx - 30) ** 2) / 60)  # a smooth galaxy-like profile
+    x = blob.expand(4, 3, 64, 64) + torch.randn(4, 3, 64, 64, generator=g) * torch.tensor([0.02, 0.05, 0.1])[None, :, None, None]
+    sig = pixel_noise(x)
+    torch.testing.assert_close(sig.mean(0), torch.tensor([0.02, 0.05, 0.1]), rtol=0.1, atol=0)
+    assert pixel_noise(blob.expand(1, 3, 64, 64)).max() < 0.005  # structure alone reads as (almost) no noise
+
+
+def test_match_noise_reaches_the_target_and_never_removes_noise():
+    from oodgen.sampling import match_noise, pixel_noise
+
+    g = torch.Generator().manual_seed(1)
+    clean = torch.zeros(6, 3, 32, 32)
+    noisy = torch.randn(6, 3, 32, 32, generator=g) * 0.2
+    target = torch.tensor([0.05, 0.1, 0.1])
+    out = match_noise(clean, target, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(pixel_noise(out).mean(0), target, rtol=0.1, atol=0)
+    assert torch.equal(match_noise(noisy, target, torch.Generator().manual_seed(2)), noisy)  # already noisier: unchanged
+    again = match_noise(clean, target, torch.Generator().manual_seed(2))
+    assert torch.equal(out, again)  # seeded
