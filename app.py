@@ -16,7 +16,7 @@ from typing import Optional  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from oodgen import service, tasks  # noqa: E402
-from oodgen.config import METHODS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
 from oodgen.ratings import ACR_LABELS  # noqa: E402
 from oodgen.workspace import new_browser_key  # noqa: E402
@@ -211,12 +211,13 @@ def on_gen_method(method, pairing):
             gr.Number(visible=not interp), gr.Checkbox(visible=not interp))
 
 
-def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name):
+def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name,
+                noise=GEN.noise):
     try:
         settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=_whole(seed, "Seed"), per_dim_variance=bool(per_dim),
                                       geometric_filter=bool(use_filter), filter_tolerance=float(tolerance), pairing=pairing,
                                       neighbours=_whole(neighbours, "Neighbours"), alpha_spread=float(spread),
-                                      clusters=_whole(clusters, "Clusters"))
+                                      clusters=_whole(clusters, "Clusters"), noise=noise)
         job = service.start_generate(owner, run_id, _whole(n, "N samples"), (name or "").strip(), settings)
     except ValueError as e:
         raise _err(e) from None
@@ -460,6 +461,8 @@ def build() -> gr.Blocks:
                     use_filter = gr.Checkbox(value=GEN.geometric_filter, label="Geometric filter (keep draws whose distances and angles match the run)")
                     tolerance = gr.Slider(0.01, 0.5, value=GEN.filter_tolerance, step=0.01, label="Filter tolerance")
                     per_dim = gr.Checkbox(value=GEN.per_dim_variance, label="Gaussian: per-dimension variance", visible=not interp)
+                    gen_noise = gr.Radio(list(NOISE_MODELS), value=GEN.noise, label="Noise model", elem_id="gen_noise",
+                                         info="match: add white noise up to the source images' pixel (sky) noise, measured at inversion")
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
                 gen_note = gr.Markdown()
                 with gr.Row():
@@ -588,7 +591,7 @@ def build() -> gr.Blocks:
             control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim],
                            show_progress="hidden")
         gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim,
-                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name], [gen_note, jobs])
+                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise], [gen_note, jobs])
         generated.change(on_generated, [owner, generated], [gen_gallery, gen_info])
         dl_btn.click(on_download, [owner, generated], dl_file)
 

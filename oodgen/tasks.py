@@ -28,7 +28,7 @@ from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, from_model_output, list_files, load_paths, to_model_input, to_uint8_rgb
 from .jobs import JobContext
-from .latents import inversion_metadata, load_latents, save_latents, save_latents_from_parts
+from .latents import inversion_metadata, load_latents, save_latents, save_latents_from_parts, source_noise
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError, write_json
 
@@ -157,9 +157,15 @@ def run_invert(ctx: JobContext) -> str:
 
 def run_latents(ws: Workspace, run_id: str, owner: Optional[str]) -> tuple[torch.Tensor, Record]:
     """(latents [N, C, H, W], run record) of a run visible to ``owner``."""
-    rec = ws.get("runs", run_id, owner)
-    z, _ = load_latents(rec.root / LATENTS)
+    z, rec, _ = run_latents_meta(ws, run_id, owner)
     return z, rec
+
+
+def run_latents_meta(ws: Workspace, run_id: str, owner: Optional[str]) -> tuple[torch.Tensor, Record, dict]:
+    """(latents, run record, the latent file's metadata) of a run visible to ``owner``."""
+    rec = ws.get("runs", run_id, owner)
+    z, meta = load_latents(rec.root / LATENTS)
+    return z, rec, meta
 
 
 def run_settings(rec: Record) -> DDIMSettings:
@@ -277,14 +283,14 @@ def run_sweep(ctx: JobContext) -> str:
 def run_generate(ctx: JobContext) -> str:
     """params: run (id), n, name, generation (GenerationSettings JSON)."""
     p, ws = ctx.params, ctx.workspace
-    z, rec = run_latents(ws, p["run"], ctx.job.owner)
+    z, rec, file_meta = run_latents_meta(ws, p["run"], ctx.job.owner)
     settings = run_settings(rec)
     gen_settings = GenerationSettings(**p["generation"])
     model = get_model(rec.meta["model"])
     n = int(p["n"])
     ctx.progress(0, n * settings.steps, "generating")
     gen = engine.generate(model, z, n, settings, gen_settings, progress=lambda d, t: ctx.progress(d, t, "generating"),
-                          cancel=ctx.cancelled)
+                          cancel=ctx.cancelled, source_noise=source_noise(file_meta))
     stretch = run_stretch(rec)
     rgb = to_uint8_rgb(gen.images)
     names = rec.meta.get("names", [])
