@@ -290,7 +290,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load_model(args, meta)
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
-        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta))
+        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta),
+                              source_sky=source_noise(meta, "sky"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
@@ -545,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"alpha drawn uniformly in [alpha - spread, alpha + spread] (default: {g.alpha_spread})")
     s.add_argument("--clusters", type=int, default=g.clusters, help=f"gaussian: one Gaussian per k-means cluster (default: {g.clusters})")
     s.add_argument("--noise", choices=NOISE_MODELS, default=g.noise,
-                   help=f"match: add white noise up to the source images' pixel (sky) noise, measured at inversion (default: {g.noise})")
+                   help=f"match: add white noise up to the source images' pixel noise; sky: also shift to their sky level "
+                        f"(border median); both measured at inversion (default: {g.noise})")
     s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)

@@ -8,7 +8,7 @@ from typing import Literal
 Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
 PAIRINGS: tuple[str, ...] = ("random", "nearest")
-NOISE_MODELS: tuple[str, ...] = ("none", "match")
+NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class GenerationSettings:
     neighbours: int = 5  # nearest pairing: how many nearest latents j is drawn from
     alpha_spread: float = 0.0  # alpha drawn uniformly in [alpha - spread, alpha + spread] (clipped to [0, 1])
     clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
-    noise: str = "none"  # none, or match: add white noise up to the source images' pixel noise (sky noise), measured at inversion
+    noise: str = "none"  # none; match: add white noise up to the sources' pixel noise; sky: also shift to the sources' sky level (border median)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

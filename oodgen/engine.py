@@ -23,7 +23,7 @@ import torch
 from . import ddim
 from .config import DDIMSettings, GenerationSettings
 from .models import FrozenDDPM, is_out_of_memory
-from .sampling import Draw, match_noise, sample_latents
+from .sampling import Draw, match_noise, match_sky, sample_latents
 
 log = logging.getLogger(__name__)
 
@@ -442,18 +442,22 @@ def generate(
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
     source_noise: Optional[Sequence[float]] = None,
+    source_sky: Optional[Sequence[float]] = None,
 ) -> Generated:
     """n new images in [-1, 1] from the OOD region of ``latents`` [N, C, H, W], with their latents and provenance.
 
-    ``settings.noise == "match"`` adds white noise up to ``source_noise`` (per channel, model units;
-    :func:`oodgen.latents.source_noise` of the latent file); without it a warning says nothing was added.
+    ``settings.noise``: "match" adds white noise up to ``source_noise`` (per channel, model units;
+    :func:`oodgen.latents.source_noise` of the latent file); "sky" first shifts each image to the
+    sources' sky level ``source_sky``; without them a warning says nothing was added.
     """
     z, draws = sample_latents(latents, n, settings)
     images = denoise(model, z, ddim_settings, settings.eta, settings.seed, progress, cancel)
-    if settings.noise == "match":
-        if source_noise is None:
-            log.warning("noise=match: the latent file records no source noise (made before oodgen measured it); no noise added")
+    if settings.noise != "none":
+        if source_noise is None or (settings.noise == "sky" and source_sky is None):
+            log.warning("noise=%s: the latent file records no source noise/sky (made before oodgen measured them); nothing added", settings.noise)
         else:
             g = torch.Generator().manual_seed(settings.seed * 7_919 + 17)
-            images = match_noise(images, torch.tensor(list(source_noise), dtype=torch.float32), g)
+            sig = torch.tensor(list(source_noise), dtype=torch.float32)
+            images = (match_noise(images, sig, g) if settings.noise == "match"
+                      else match_sky(images, torch.tensor(list(source_sky), dtype=torch.float32), sig, g))
     return Generated(images.clamp(-1, 1), z, draws)

@@ -315,9 +315,10 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
     cells = grid.cells()
     gens: dict[str, ImageSet] = {}
     done = 0
-    from .sampling import match_noise, pixel_noise
+    from .sampling import border_level, match_noise, match_sky, pixel_noise
 
     target = pixel_noise(x).median(dim=0).values  # the sources' pixel noise per channel (model units)
+    sky = border_level(x).median(dim=0).values  # and their sky level
     decodes = sorted({(t, e, p) for t, e, p, _ in cells})
     work = len(grid.t_end) * len(x) + len(decodes) * grid.n_per_cell
     for t_end in grid.t_end:
@@ -333,7 +334,9 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
             done += grid.n_per_cell
             for nz in grid.noise:
                 label = cell_label(t, eta, pairing, nz)
-                images = out.images if nz == "none" else match_noise(out.images, target, torch.Generator().manual_seed(base.seed * 7_919 + 17)).clamp(-1, 1)
+                g_noise = torch.Generator().manual_seed(base.seed * 7_919 + 17)
+                images = {"none": lambda: out.images, "match": lambda: match_noise(out.images, target, g_noise),
+                          "sky": lambda: match_sky(out.images, sky, target, g_noise)}[nz]().clamp(-1, 1)
                 gens[label] = model_output_set(images, real, stretch, label)
     ev = evaluate_sets(next(iter(gens.values())), real, list(gens.values())[1:], kind, settings, with_crossfade=True,
                        progress=lambda s, f: report(f"evaluate: {s}", f))
@@ -410,7 +413,10 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     z = engine.invert(model, x, d, progress=lambda a, b: report("invert", 0.5 * a / max(b, 1)))
     from .sampling import pixel_noise
 
+    from .sampling import border_level
+
     noise = pixel_noise(x).median(dim=0).values.tolist()
+    sky = border_level(x).median(dim=0).values.tolist()
     phys = quality.PhysicalReference.from_real(real.x) if real.kind == "physical" else None
     real_v = quality.pixel_view(real.x, phys)
     base = quality.mean_pairwise_distance(real_v, seed=seed)
@@ -418,7 +424,7 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     rows = []
     for q_, k in enumerate(ks):
         idx = np.sort(np.random.default_rng(seed).permutation(len(z))[:k])
-        out = engine.generate(model, z[idx], n, d, settings, source_noise=noise)
+        out = engine.generate(model, z[idx], n, d, settings, source_noise=noise, source_sky=sky)
         gen = quality.pixel_view(model_output_set(out.images, real, stretch, f"k{k}").x, phys)
         nn, _ = quality.nearest_real(gen, real_v[idx])
         rows.append({"k": k, "diversity_ratio": round(quality.mean_pairwise_distance(gen, seed=seed) / base, 4),

@@ -150,18 +150,20 @@ def sources_of(samples: Any, x: Any = None) -> list[dict[str, Any]]:
     model units (:func:`oodgen.sampling.pixel_noise`; read back by :func:`source_noise`)."""
     out: list[dict[str, Any]] = [{"name": s.name, "sha256": s.sha256} for s in samples]
     if x is not None and len(out):
-        from .sampling import pixel_noise
+        from .sampling import border_level, pixel_noise
 
-        for entry, sig in zip(out, pixel_noise(x).tolist()):
+        for entry, sig, sky in zip(out, pixel_noise(x).tolist(), border_level(x.float()).tolist()):
             entry["noise"] = [round(v, 6) for v in sig]
+            entry["sky"] = [round(v, 6) for v in sky]
     return out
 
 
-def source_noise(meta: dict[str, Any]) -> Optional[list[float]]:
-    """Median per-channel pixel noise of a latent file's sources (model units), or None if not recorded."""
+def source_noise(meta: dict[str, Any], key: str = "noise") -> Optional[list[float]]:
+    """Median per-channel pixel noise (``key`` "noise") or sky level ("sky") of a latent file's sources
+    (model units), or None if not recorded."""
     import statistics
 
-    sigs = [s["noise"] for s in meta.get("sources") or [] if isinstance(s, dict) and s.get("noise")]
+    sigs = [s[key] for s in meta.get("sources") or [] if isinstance(s, dict) and s.get(key)]
     if not sigs:
         return None
     return [statistics.median(col) for col in zip(*sigs)]

@@ -263,6 +263,28 @@ def pixel_noise(x: torch.Tensor) -> torch.Tensor:
     return (1.4826 * mad / math.sqrt(2)).float()
 
 
+def border_level(x: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel median of the outer frame (1/8 of the side, at least 2 px) of ``x`` [N, C, H, W]: [N, C].
+
+    On a galaxy cutout the frame is sky, so this is the sky (background) level."""
+    if x.ndim != 4:
+        raise ValueError(f"border_level needs images [N, C, H, W], got shape {tuple(x.shape)}")
+    b = max(2, min(x.shape[-2:]) // 8)
+    mask = torch.ones(x.shape[-2:], dtype=torch.bool)
+    mask[b:-b, b:-b] = False
+    return x[..., mask].median(dim=-1).values
+
+
+def match_sky(images: torch.Tensor, level: torch.Tensor, noise: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image's channels so its :func:`border_level` equals ``level`` [C], then :func:`match_noise` to ``noise`` [C].
+
+    The survey model of a galaxy cutout: sky pedestal and sky noise are properties of the
+    instrument, not of the galaxy, and are put back after decoding (a decoder of natural images
+    renders dark regions black and smooth)."""
+    shifted = images + (level[None, :] - border_level(images))[:, :, None, None]
+    return match_noise(shifted, noise, generator)
+
+
 def match_noise(images: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Add white Gaussian noise to ``images`` [N, C, H, W] so each image's :func:`pixel_noise` reaches ``target`` [C].
 

@@ -290,7 +290,8 @@ def run_generate(ctx: JobContext) -> str:
     n = int(p["n"])
     ctx.progress(0, n * settings.steps, "generating")
     gen = engine.generate(model, z, n, settings, gen_settings, progress=lambda d, t: ctx.progress(d, t, "generating"),
-                          cancel=ctx.cancelled, source_noise=source_noise(file_meta))
+                          cancel=ctx.cancelled, source_noise=source_noise(file_meta),
+                          source_sky=source_noise(file_meta, "sky"))
     stretch = run_stretch(rec)
     rgb = to_uint8_rgb(gen.images)
     names = rec.meta.get("names", [])

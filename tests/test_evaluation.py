@@ -108,7 +108,7 @@ def test_search_command_evaluates_every_cell_and_names_one_best(tmp_path, capsys
                  "--n", "6", "--steps", "4", "--batch-size", "8", "--kind", "image", "--diversity-curve", "--json", str(js), "--html", str(tmp_path / "s.html")]) == 0
     cells = json.loads(js.read_text())["cells"]
     assert [(c["t_end"], c["pairing"], c["noise"]) for c in cells] == [
-        (t, p, nz) for t in (300, 600) for p in ("random", "nearest") for nz in ("none", "match")]
+        (t, p, nz) for t in (300, 600) for p in ("random", "nearest") for nz in ("none", "match", "sky")]
     assert sum(c["best"] for c in cells) == 1
     assert "best: t_end" in capsys.readouterr().out
     curve = json.loads(js.read_text())["diversity_curve"]

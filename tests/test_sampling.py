@@ -193,3 +193,16 @@ def test_match_noise_reaches_the_target_and_never_removes_noise():
     assert torch.equal(match_noise(noisy, target, torch.Generator().manual_seed(2)), noisy)  # already noisier: unchanged
     again = match_noise(clean, target, torch.Generator().manual_seed(2))
     assert torch.equal(out, again)  # seeded
+
+
+def test_match_sky_puts_back_the_sky_level_and_noise():
+    from oodgen.sampling import border_level, match_sky, pixel_noise
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    galaxy = torch.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 20).expand(5, 3, 32, 32) - 1.0  # black sky (-1), bright centre
+    level, sigma = torch.tensor([-0.8, -0.75, -0.7]), torch.tensor([0.03, 0.03, 0.05])
+    out = match_sky(galaxy, level, sigma, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(border_level(out).mean(0), level, atol=0.01, rtol=0)
+    torch.testing.assert_close(pixel_noise(out).mean(0), sigma, rtol=0.25, atol=0)  # the profile gradient adds a little
+    centre = out[:, :, 14:18, 14:18].mean() - out[:, :, :4, :4].mean()
+    assert abs(centre - (galaxy[:, :, 14:18, 14:18].mean() - galaxy[:, :, :4, :4].mean())) < 0.05  # the galaxy itself is untouched
