@@ -53,7 +53,9 @@ class ModelSpec:
     bundled: bool = False  # ships with oodgen (works offline)
 
 
-DEFAULT_MODEL = "oodgen-faces-32"
+# The bundled 64x64 colour model; OODGEN_DEFAULT_MODEL names another (the browser tests use the fast
+# oodgen-faces-32: they exercise the app's flows, tests/test_models.py and test_cli.py the default model).
+DEFAULT_MODEL = os.environ.get("OODGEN_DEFAULT_MODEL") or "oodgen-photos-64"
 REGISTRY: dict[str, ModelSpec] = {
     s.key: s
     for s in (

@@ -34,9 +34,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=DDIMSettings().steps)
     p.add_argument("--out", type=Path, default=Path("docs/results"))
     p.add_argument("--sweep", action="store_true", help="also run the t sweep for the galaxy set")
+    p.add_argument("--model", default=None, help="registry name or folder (default: the default model)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = load_model(device="cpu")
+    model = load_model(args.model, device="cpu") if args.model else load_model(device="cpu")
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps, batch_size=64)
 
     sets = {"faces (ID)": ["faces_train", "faces"], "galaxy": ["galaxy"], "radiation": ["radiation"]}

@@ -39,7 +39,8 @@ def server(tmp_path_factory):
     require_bundled_model()
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "OODGEN_HOME": str(_HOME.setdefault("home", tmp_path_factory.mktemp("home"))), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "OODGEN_HOME": str(_HOME.setdefault("home", tmp_path_factory.mktemp("home"))), "GRADIO_ANALYTICS_ENABLED": "False",
+           "OODGEN_DEFAULT_MODEL": "oodgen-faces-32"}  # the fast 32x32 model: these tests exercise the app's flows
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -112,7 +112,9 @@ def test_bundled_model_loads():
 
     require_bundled_model()
     m = load_model(device="cpu")
-    assert m.resolution == 32 and m.channels == 3
-    assert m.num_parameters < 10e6 / 4  # weights at most 10 MB in float32
+    assert m.resolution == 64 and m.channels == 3  # the native resolution of the bundled galaxy and dust sets
+    assert m.num_parameters < 40e6 / 4  # weights at most 40 MB in float32
+    old = load_model("oodgen-faces-32", device="cpu")  # the first default stays available by name
+    assert old.resolution == 32 and old.num_parameters < 10e6 / 4
     info = m.info()
     assert info["name"] == DEFAULT_MODEL and info["device"] == "cpu"
