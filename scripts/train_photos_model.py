@@ -239,10 +239,21 @@ Training images for comparison (`training_data.png`):
 
 Reproduce: `python scripts/train_photos_model.py --steps {stats["steps"]}` (seeded; equal up to the
 floating-point non-determinism of multi-threaded CPU kernels); `--card-only` redraws this card.
+{_replanned_note(stats)}
 The previous default, `oodgen-faces-32`, stays available by name.
 """
     (out / "README.md").write_text(card)
     log.info("card written to %s", out)
+
+
+def _replanned_note(stats: dict) -> str:
+    """One honest sentence when the run's planned length changed while it trained (resume with a new --steps)."""
+    r = stats.get("replanned_at_step_from_to") or []
+    if not r:
+        return ""
+    parts = "; ".join(f"at step {a} from {b} to {c} steps" for a, b, c in r)
+    return (f"This run's plan was shortened while it trained ({parts}; the cosine learning-rate schedule follows "
+            "the new total from that step), so `--steps` alone reproduces a similar, not the identical, schedule.")
 
 
 def _loss_plot(curve: list[float], path: Path) -> None:
