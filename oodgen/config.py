@@ -15,7 +15,7 @@ NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
 class DDIMSettings:
     """How images are mapped to latents and back."""
 
-    t_end: int = 900  # operating timestep of the latent space (paper: 800-900; authors' default 900)
+    t_end: int = 500  # operating timestep of the latent space; chosen by oodgen's bandwidth search (README); paper: 800-900
     steps: int = 50  # DDIM steps between 0 and t_end, one model call each (authors: 80)
     batch_size: int = 32  # images per model call; lowered automatically when memory runs out
 
@@ -35,16 +35,16 @@ class GenerationSettings:
 
     method: Method = "slerp"  # slerp | lerp between two inverted latents, or gaussian (fitted to all of them)
     alpha: float = 0.5  # interpolation weight of the second latent (paper: mid-path ~0.5 trades quality vs diversity)
-    eta: float = 0.0  # DDIM stochasticity while decoding; a small eta > 0 is tolerated (paper's "bandwidth")
+    eta: float = 0.0  # DDIM stochasticity while decoding (paper's "bandwidth"); 0.5 made clumpy, burned cores in the search
     seed: int = 0  # seeds pair choice, Gaussian draws and eta noise
     per_dim_variance: bool = False  # gaussian: per-dimension variance instead of one scalar variance
     geometric_filter: bool = False  # keep only draws whose distances/angles to the inverted set match its geometry
     filter_tolerance: float = 0.05  # relative tolerance of the geometric filter
-    pairing: str = "random"  # interpolation pairs: random, or nearest (j among the `neighbours` latents closest to i)
+    pairing: str = "nearest"  # interpolation pairs: random, or nearest (j among the `neighbours` latents closest to i)
     neighbours: int = 5  # nearest pairing: how many nearest latents j is drawn from
     alpha_spread: float = 0.0  # alpha drawn uniformly in [alpha - spread, alpha + spread] (clipped to [0, 1])
     clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
-    noise: str = "none"  # none; match: add white noise up to the sources' pixel noise; sky: also shift to the sources' sky level (border median)
+    noise: str = "match"  # none; match: add white noise up to the sources' pixel noise; sky: also shift to the sources' sky level (border median)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -344,11 +344,16 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
     rows = []
     for t, eta, pairing, nz in cells:
         r = summary[cell_label(t, eta, pairing, nz)]
-        rows.append({"t_end": t, "eta": eta, "pairing": pairing, "noise": nz, "c2st_stats": r["c2st_stats"], "c2st_pixels": r["c2st_pixels"],
+        rows.append({"t_end": t, "eta": eta, "pairing": pairing, "noise": nz, "c2st_stats": r["c2st_stats"],
+                     "c2st_stats_ci": r["c2st_stats_ci"], "c2st_pixels": r["c2st_pixels"],
                      "within_floor_frac": r["within_floor_frac"], "frechet": r["frechet"], "near_copies": r["near_copies"],
                      "diversity_ratio": r["diversity_ratio"], "best": False})
     ok = [r for r in rows if (r["near_copies"] or 0) <= grid.max_copies] or rows
-    best = min(ok, key=lambda r: (r["c2st_stats"], -r["within_floor_frac"], r["frechet"]))
+    # C2ST first, but only where it tells cells apart: cells whose C2ST CI reaches the lowest C2ST are tied,
+    # and among them the most statistics within the floor wins, then the lowest Frechet distance
+    lowest = min(ok, key=lambda r: r["c2st_stats"])
+    tied = [r for r in ok if r["c2st_stats_ci"][0] <= lowest["c2st_stats_ci"][1]]
+    best = max(tied, key=lambda r: (r["within_floor_frac"], -r["frechet"], -r["c2st_stats"]))
     best["best"] = True
     return rows, ev
 

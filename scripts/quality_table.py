@@ -47,7 +47,7 @@ def report(extra: list[str]) -> None:
         src = ROOT / "assets" / "samples" / s
         n = "100" if s == "galaxy" else "64"
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"old_{s}.safetensors"), "--model", "oodgen-faces-32", "--t-end", "900")
-        oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0")
+        oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0", "--noise", "none")
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"new_{s}.safetensors"), *extra)
         oodgen("generate", "--latents", str(OUT / f"new_{s}.safetensors"), "--n", n, "--out", str(OUT / f"new default {s}"))
         oodgen("evaluate", "--generated", str(OUT / f"new default {s}"), "--baseline", str(OUT / f"old default {s}"), "--real", str(src),
