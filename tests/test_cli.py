@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, capsys):
 
 def test_generate_with_inconsistent_t_end_is_refused(tiny_pipeline_dir, pngs, tmp_path, capsys):
     z = tmp_path / "z.safetensors"
-    main(["-q", "invert", "--input", str(pngs), "--out", str(z), "--model", str(tiny_pipeline_dir), "--steps", "4"])
+    main(["-q", "invert", "--input", str(pngs), "--out", str(z), "--model", str(tiny_pipeline_dir), "--steps", "4", "--t-end", "900"])
     assert main(["-q", "generate", "--latents", str(z), "--n", "1", "--out", str(tmp_path / "g"), "--t-end", "500"]) == 2
     assert "latents live at t=900" in capsys.readouterr().err
 

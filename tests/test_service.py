@@ -289,7 +289,7 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
 
 def test_batch_generation_label_names_the_options_that_apply():
     g = service.GenerationSettings
-    assert service.generation_label(g()) == "slerp, random pairs, alpha 0.5"
+    assert service.generation_label(g(pairing="random")) == "slerp, random pairs, alpha 0.5"
     assert service.generation_label(g(method="lerp", pairing="nearest", neighbours=4, alpha_spread=0.2)) == \
         "lerp, nearest pairs (4 neighbours), alpha 0.5 ± 0.2"
     assert service.generation_label({"method": "gaussian", "clusters": 3, "pairing": "nearest"}) == "gaussian, 3 clusters"
