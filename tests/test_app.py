@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from oodgen.config import DDIMSettings
 from tests.conftest import REPO, require_bundled_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -124,7 +125,7 @@ def test_invert_in_background_with_progress(page, tmp_path):
     page.locator("#jobs .oodgen-job[data-status=running]").get_by_text("image-steps").wait_for(timeout=60_000)
     _shot(page, tmp_path, "invert_running")
     page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("inverted 100 samples").wait_for(timeout=240_000)
-    _wait_text(page, "runs", "galaxy t900")
+    _wait_text(page, "runs", f"galaxy t{DDIMSettings().t_end}")
     _shot(page, tmp_path, "invert")
 
 
@@ -210,6 +211,7 @@ class _FakeJob:
 
 def test_generate_set_and_download_zip(page, server, tmp_path):
     _tab(page, "Generate")
+    page.locator("#gen_pairing").get_by_label("random", exact=True).check()
     page.locator("#gen_neighbours").wait_for(state="hidden", timeout=30_000)  # random pairing: no neighbour count
     page.locator("#gen_pairing").get_by_label("nearest", exact=True).check()
     page.locator("#gen_neighbours input[type=number]").wait_for(timeout=30_000)  # shown for nearest pairing
