@@ -315,10 +315,9 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
     cells = grid.cells()
     gens: dict[str, ImageSet] = {}
     done = 0
-    from .sampling import border_level, match_noise, match_sky, pixel_noise
+    from .sampling import match_noise, match_sky, noise_targets
 
-    target = pixel_noise(x).median(dim=0).values  # the sources' pixel noise per channel (model units)
-    sky = border_level(x).median(dim=0).values  # and their sky level
+    target, sky = noise_targets(x)  # the sources' pixel noise and sky level per channel (model units)
     decodes = sorted({(t, e, p) for t, e, p, _ in cells})
     work = len(grid.t_end) * len(x) + len(decodes) * grid.n_per_cell
     for t_end in grid.t_end:
@@ -416,12 +415,9 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
     d = DDIMSettings(t_end=t_end, steps=min(steps, t_end), batch_size=batch_size)
     z = engine.invert(model, x, d, progress=lambda a, b: report("invert", 0.5 * a / max(b, 1)))
-    from .sampling import pixel_noise
+    from .sampling import noise_targets
 
-    from .sampling import border_level
-
-    noise = pixel_noise(x).median(dim=0).values.tolist()
-    sky = border_level(x).median(dim=0).values.tolist()
+    noise, sky = (t.tolist() for t in noise_targets(x))
     phys = quality.PhysicalReference.from_real(real.x) if real.kind == "physical" else None
     real_v = quality.pixel_view(real.x, phys)
     base = quality.mean_pairwise_distance(real_v, seed=seed)

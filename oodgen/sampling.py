@@ -296,3 +296,9 @@ def match_noise(images: torch.Tensor, target: torch.Tensor, generator: torch.Gen
     noise = torch.randn(images.shape, generator=generator)
     return images + noise * add[:, :, None, None]
 
+
+def noise_targets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel noise [C], sky level [C]) of a set of source images ``x`` [N, C, H, W]: the per-channel medians of
+    :func:`pixel_noise` and :func:`border_level`, the targets of :func:`match_noise` / :func:`match_sky`."""
+    return pixel_noise(x).median(dim=0).values, border_level(x).median(dim=0).values
+
