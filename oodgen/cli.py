@@ -607,12 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("search", help="bandwidth search: generate over a grid of t_end, eta and pairing, evaluate every cell")
+    from .evaluation import SearchGrid
+
+    grid = SearchGrid()
     s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="the real images or maps (inverted once per t_end)")
-    s.add_argument("--t-end", type=int, nargs="+", default=[500, 700, 900], help="operating timesteps (default: 500 700 900)")
-    s.add_argument("--eta", type=float, nargs="+", default=[0.0, 0.5], help="decoding stochasticity values (default: 0 0.5)")
-    s.add_argument("--pairing", nargs="+", choices=PAIRINGS, default=list(PAIRINGS), help="pairing strategies (default: all)")
-    s.add_argument("--noise", nargs="+", choices=NOISE_MODELS, default=list(NOISE_MODELS), help="noise models (default: all; no extra decoding)")
-    s.add_argument("--n", type=int, default=40, help="samples per cell (default: 40)")
+    s.add_argument("--t-end", type=int, nargs="+", default=list(grid.t_end), help=f"operating timesteps (default: {' '.join(map(str, grid.t_end))})")
+    s.add_argument("--eta", type=float, nargs="+", default=list(grid.eta), help=f"decoding stochasticity values (default: {' '.join(f'{e:g}' for e in grid.eta)})")
+    s.add_argument("--pairing", nargs="+", choices=PAIRINGS, default=list(grid.pairing), help=f"pairing strategies (default: {' '.join(grid.pairing)})")
+    s.add_argument("--noise", nargs="+", choices=NOISE_MODELS, default=list(grid.noise),
+                   help=f"noise models, no extra decoding (default: {' '.join(grid.noise)})")
+    s.add_argument("--n", type=int, default=grid.n_per_cell, help=f"samples per cell (default: {grid.n_per_cell})")
     s.add_argument("--steps", type=int, default=DDIMSettings().steps, help="DDIM steps per t_end")
     s.add_argument("--method", choices=("slerp", "lerp"), default="slerp")
     s.add_argument("--alpha", type=float, default=0.5)

@@ -11,7 +11,7 @@ import html
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -273,13 +273,32 @@ class SearchGrid:
     t_end: tuple[int, ...] = (500, 700, 900)  # operating timesteps (one inversion each)
     eta: tuple[float, ...] = (0.0, 0.5)  # DDIM stochasticity while decoding
     pairing: tuple[str, ...] = ("random", "nearest")  # interpolation pairing strategies
-    noise: tuple[str, ...] = ("none", "match")  # noise models (the same decoded images, with and without matched noise)
+    noise: tuple[str, ...] = ("none", "match", "sky")  # noise models (the same decoded images with none, matched noise, sky level + noise)
     n_per_cell: int = 40  # generated samples per cell
     steps: int = 50  # DDIM steps between 0 and each t_end
     max_copies: float = 0.05  # a cell whose near-copy fraction exceeds this cannot be the best
 
+    def __post_init__(self) -> None:
+        from .config import NOISE_MODELS, PAIRINGS
+
+        if not (self.t_end and self.eta and self.pairing and self.noise):
+            raise ValueError("the search grid needs at least one t_end, eta, pairing and noise model")
+        if any(not 1 <= int(t) <= 999 for t in self.t_end) or any(float(e) < 0 for e in self.eta):
+            raise ValueError(f"t_end values must lie in 1..999 and eta values be >= 0 (got t_end {list(self.t_end)}, eta {list(self.eta)})")
+        if not set(self.pairing) <= set(PAIRINGS) or not set(self.noise) <= set(NOISE_MODELS):
+            raise ValueError(f"pairing must be among {', '.join(PAIRINGS)} and noise among {', '.join(NOISE_MODELS)}")
+        if self.n_per_cell < 4 or self.steps < 1:
+            raise ValueError(f"n_per_cell={self.n_per_cell} must be at least 4 and steps={self.steps} at least 1")
+
     def cells(self) -> list[tuple[int, float, str, str]]:
         return [(t, e, p, nz) for t in self.t_end for e in self.eta for p in self.pairing for nz in self.noise]
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SearchGrid":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def cell_label(t_end: int, eta: float, pairing: str, noise: str = "none") -> str:

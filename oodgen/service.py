@@ -622,6 +622,16 @@ class QualityView:
 _QUALITY_DL = Path(tempfile.mkdtemp(prefix="oodgen-quality-"))  # copies of reports that Gradio may serve (never the workspace)
 
 
+def _download_copy(src: Path, sub: str, name: str) -> str:
+    """A copy of workspace file ``src`` under the served download folder (Gradio never serves the workspace itself)."""
+    target = _QUALITY_DL / sub / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(src.read_bytes())
+    tmp.replace(target)
+    return str(target)
+
+
 def quality_view(owner: str, gen_id: Optional[str]) -> QualityView:
     """The cached quality report of a generated set (nothing is computed here)."""
     import plotly.graph_objects as go
@@ -637,12 +647,7 @@ def quality_view(owner: str, gen_id: Optional[str]) -> QualityView:
         view.figures = {k: go.Figure(v) for k, v in json.loads((folder / "figures.json").read_text()).items()}
         view.montage = np.asarray(Image.open(folder / "montage.png").convert("RGB"))
         view.nn_pairs = np.asarray(Image.open(folder / "nn_pairs.png").convert("RGB"))
-        target = _QUALITY_DL / rec.id / f"quality_{rec.id}.html"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes((folder / "report.html").read_bytes())
-        tmp.replace(target)
-        view.html = str(target)
+        view.html = _download_copy(folder / "report.html", rec.id, f"quality_{rec.id}.html")
     except (OSError, ValueError) as e:  # being rewritten right now: the next refresh shows it
         log.warning("quality cache of %s unreadable: %s", rec.id, e)
         return QualityView("The quality report is being written; it appears here in a moment.", None, None, {}, None, None, None)
@@ -707,6 +712,148 @@ def study_quality(token: Optional[str], study_id: Optional[str] = None) -> pd.Da
                 row["quality"] = "not evaluated"
             rows.append(row)
     return pd.DataFrame(rows, columns=list(STUDY_QUALITY_COLUMNS))
+
+
+# ---------------------------------------------------------------- bandwidth search
+def search_sources(owner: str) -> list[tuple[str, str]]:
+    """(label, source) choices for a search: every dataset (searched with the chosen model), then every run
+    (``run:<id>``: its dataset with its model)."""
+    out = [(f"dataset: {label}", ref) for label, ref in dataset_choices(owner)]
+    out += [(f"run: {label}", f"run:{rid}") for label, rid in run_choices(owner)]
+    return out
+
+
+def _numbers(text: Any, kind: type, what: str) -> tuple:
+    """'500, 700 900' -> (500, 700, 900); UserError naming ``what`` for anything else."""
+    parts = [t for t in str(text or "").replace(",", " ").split() if t]
+    try:
+        values = tuple(kind(float(t)) if kind is int and float(t) == int(float(t)) else kind(t) for t in parts)
+    except ValueError:
+        values = ()
+    if not values:
+        raise UserError(f"{what}: enter one or more numbers separated by commas, e.g. {'500, 700' if kind is int else '0, 0.5'}")
+    return tuple(dict.fromkeys(values))  # in order, once each
+
+
+def search_grid(t_end: Any, eta: Any, pairing: Sequence[str], noise: Sequence[str], n_per_cell: Any, steps: Any = None) -> Any:
+    """The :class:`oodgen.evaluation.SearchGrid` the Search panel asks for (UserError for bad values)."""
+    from .evaluation import SearchGrid
+
+    try:
+        return SearchGrid(t_end=_numbers(t_end, int, "t_end values"), eta=_numbers(eta, float, "eta values"), pairing=tuple(pairing or ()),
+                          noise=tuple(noise or ()), n_per_cell=int(n_per_cell),
+                          steps=int(steps) if steps is not None else SearchGrid().steps)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"search grid: {e}") from None
+
+
+def _search_source(owner: str, source: Optional[str], model_name: Optional[str]) -> tuple[str, Path, str, str]:
+    if not source:
+        raise UserError("no real images chosen: pick a dataset or a run to search on")
+    try:
+        return tasks.search_source(backend().ws, source, owner, model_name)
+    except WorkspaceError as e:
+        raise UserError(str(e)) from None
+
+
+def start_search(owner: str, source: Optional[str], model_name: Optional[str], grid: Any, settings: Any = None,
+                 force: bool = False, generation: Optional[GenerationSettings] = None) -> Job:
+    """Queue a bandwidth search over ``grid`` on the real images of ``source`` (dataset ref or ``run:<id>``)."""
+    from .quality import QualitySettings
+
+    ref, _, name, model = _search_source(owner, source, model_name)
+    get_model(model)  # fails here, with the loading message, rather than in the job
+    settings = settings if settings is not None else QualitySettings(morph_max=60)
+    generation = generation or GenerationSettings()
+    label = f"search of {name} with {model} ({len(grid.cells())} cells x {grid.n_per_cell} samples)"
+    return backend().jobs.submit("search", owner, label, {"source": source, "model": model, "grid": grid.to_json(),
+                                                           "generation": generation.to_json(), "settings": settings.to_json(),
+                                                           "force": bool(force)})
+
+
+def _search_folder(owner: str, source: Optional[str], model_name: Optional[str]) -> Optional[Path]:
+    try:
+        ref, _, _, model = _search_source(owner, source, model_name)
+    except UserError:
+        return None
+    return tasks.search_dir(backend().ws, ref, model)
+
+
+def search_stamp(owner: str, source: Optional[str], model_name: Optional[str]) -> str:
+    """Changes when the cached search of (source, model) changes; "" when there is none."""
+    folder = _search_folder(owner, source, model_name) if source else None
+    try:
+        return f"{folder.name}:{(folder / 'search.json').stat().st_mtime_ns}" if folder else ""
+    except OSError:
+        return ""
+
+
+def search_cached(owner: str, source: Optional[str], model_name: Optional[str], grid: Any, settings: Any,
+                  generation: Optional[GenerationSettings] = None) -> bool:
+    """True when the cached search of (source, model) was made with this grid and these settings."""
+    folder = _search_folder(owner, source, model_name) if source else None
+    payload = tasks.cached_search(folder) if folder else None
+    want = tasks.search_request(grid.to_json(), (generation or GenerationSettings()).to_json(), settings.to_json())
+    return payload is not None and payload.get("request") == want
+
+
+SEARCH_COLUMNS = ("t_end", "eta", "pairing", "noise", "C2ST statistics", "C2ST statistics 95% CI", "C2ST pixels", "within floor",
+                  "Frechet distance", "near-copies", "diversity ratio", "best")
+_SEARCH_KEYS = ("t_end", "eta", "pairing", "noise", "c2st_stats", "c2st_stats_ci", "c2st_pixels", "within_floor_frac", "frechet",
+                "near_copies", "diversity_ratio", "best")
+
+
+@dataclass
+class SearchView:
+    """What the Search panel shows for one (source, model); None fields were not computed yet."""
+
+    summary: str  # Markdown: what was searched, the best cell
+    table: Optional[pd.DataFrame]  # one row per cell, then the floor and the crossfade
+    figure: Any  # quality (C2ST) against diversity, coloured by near-copies
+    montage: Optional[np.ndarray]  # uint8: real row, then a row per cell
+    html: Optional[str]  # a copy of the offline HTML report, for download
+
+
+def search_table(payload: dict) -> pd.DataFrame:
+    """One row per cell (the best marked), then the floor and crossfade rows for reference."""
+    rows = [[_cell(r.get(k)) for k in _SEARCH_KEYS] for r in payload.get("cells") or []]
+    for label in ("floor", "crossfade"):
+        r = payload.get(label) or {}
+        if r:
+            rows.append([label, "", "", "", *(_cell(r.get(k)) for k in _SEARCH_KEYS[4:-1]), False])
+    return pd.DataFrame(rows, columns=list(SEARCH_COLUMNS))
+
+
+def search_view(owner: str, source: Optional[str], model_name: Optional[str]) -> SearchView:
+    """The cached search of (source, model) (nothing is computed here)."""
+    import plotly.graph_objects as go
+    from PIL import Image
+
+    view = SearchView("", None, None, None, None)
+    ref, _, name, model = _search_source(owner, source, model_name)
+    folder = tasks.search_dir(backend().ws, ref, model)
+    payload = tasks.cached_search(folder)
+    if payload is None:
+        return view
+    try:
+        view.figure = go.Figure(json.loads((folder / "figures.json").read_text())["quality vs diversity"])
+        view.montage = np.asarray(Image.open(folder / "montage.png").convert("RGB"))
+        view.html = _download_copy(folder / "search.html", f"search-{folder.name}", f"search_{ref.replace(':', '_')}.html")
+    except (OSError, ValueError, KeyError) as e:  # being rewritten right now: the next refresh shows it
+        log.warning("search cache %s unreadable: %s", folder, e)
+        return SearchView("The search report is being written; it appears here in a moment.", None, None, None, None)
+    view.table = search_table(payload)
+    best = next((r for r in payload.get("cells") or [] if r.get("best")), {})
+    grid = (payload.get("request") or {}).get("grid") or {}
+    floor = payload.get("floor") or {}
+    view.summary = (f"Search of **{html.escape(name)}** ({payload.get('n_real')} real images) with **{html.escape(str(payload.get('model')))}**: "
+                    f"{len(payload.get('cells') or [])} cells x {grid.get('n_per_cell')} samples. **Best: t_end {best.get('t_end')}, "
+                    f"eta {best.get('eta')}, pairing {best.get('pairing')}, noise {best.get('noise')}** (C2ST on statistics "
+                    f"{best.get('c2st_stats')}, floor {floor.get('c2st_stats')}; {best.get('within_floor_frac')} of the statistics "
+                    f"within the floor; near-copies {best.get('near_copies')}). Rule: among cells with at most "
+                    f"{grid.get('max_copies', 0.05):g} near-copies, those whose C2ST CI reaches the lowest C2ST tie; the most statistics "
+                    "within the floor wins, then the lowest Frechet distance.")
+    return view
 
 
 # ---------------------------------------------------------------- MOS: studies, rating, results

@@ -429,7 +429,116 @@ def _quality_line(payload: dict) -> str:
             f"within the floor, near-copies {gen.get('near_copies')}")
 
 
-RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate, "quality": run_quality}
+# ---------------------------------------------------------------- bandwidth search over generation settings
+SEARCHES = "searches"  # HOME/searches/<key>/: the cached search of one (dataset, model), see search_dir
+
+
+def search_source(ws: Workspace, source: str, owner: Optional[str], model: Optional[str] = None) -> tuple[str, Path, str, str]:
+    """(dataset ref, dataset folder, dataset name, model name) of a search source: a dataset ref, or ``run:<id>``
+    (that run's dataset and model). ``model`` is used for a dataset; WorkspaceError for unknown or foreign refs."""
+    if source.startswith("run:"):
+        run = ws.get("runs", source.split(":", 1)[1], owner)
+        ref, model = run.meta.get("dataset") or "", run.meta.get("model")
+    else:
+        ref = source
+    if not model:
+        raise WorkspaceError("no model chosen for the search: pick a base model")
+    folder, name = _dataset(ws, ref, owner)
+    if not folder.is_dir():
+        raise WorkspaceError(f"the dataset '{name}' is gone (deleted or no longer shared); pick another")
+    return ref, folder, name, model
+
+
+def search_dir(ws: Workspace, dataset_ref: str, model: str) -> Path:
+    """The cache folder of the search of ``dataset_ref`` with ``model`` (search.json/.html, figures.json, montage.png)."""
+    import hashlib
+
+    key = hashlib.sha256(f"{dataset_ref}|{model}".encode()).hexdigest()[:20]
+    return ws.home / SEARCHES / key
+
+
+def cached_search(folder: Path) -> Optional[dict]:
+    """The cached search payload (search.json) in ``folder``, or None."""
+    try:
+        return json.loads((folder / "search.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def search_request(grid: dict, generation: dict, settings: dict) -> dict:
+    """What a cached search must match to be reread instead of recomputed."""
+    return {"grid": grid, "generation": generation, "settings": settings}
+
+
+def run_search(ctx: JobContext) -> str:
+    """params: source (dataset ref or ``run:<id>``), model (for a dataset), grid (SearchGrid JSON), generation (the
+    GenerationSettings JSON each cell starts from), settings (QualitySettings JSON), force.
+
+    Runs :func:`oodgen.evaluation.bandwidth_search` on the real images of the source and caches the cell table,
+    the quality-vs-diversity figure, the montage and the offline HTML report under :func:`search_dir`. A request
+    with the grid and settings of the cached search reads the cache.
+    """
+    from PIL import Image
+
+    from . import evaluation, quality
+
+    p, ws = ctx.params, ctx.workspace
+    ref, folder, ds_name, model_name = search_source(ws, p["source"], ctx.job.owner, p.get("model"))
+    grid = evaluation.SearchGrid.from_json(p.get("grid") or {})
+    base = GenerationSettings(**(p.get("generation") or {}))
+    settings = quality.QualitySettings(**(p.get("settings") or {}))
+    request = search_request(grid.to_json(), base.to_json(), settings.to_json())
+    out_dir = search_dir(ws, ref, model_name)
+    cached = cached_search(out_dir)
+    if cached is not None and cached.get("request") == request and not p.get("force"):
+        ctx.job.message = f"search of '{ds_name}' from the cache: " + _search_line(cached)
+        return ref
+    units = 1000
+    ctx.progress(0, units, "loading images and model")
+    real = evaluation.load_set(folder, name=ds_name)
+    if len(real.x) < MIN_REAL:
+        raise ValueError(f"the real set '{ds_name}' has {len(real.x)} usable images; the quality floor (real half A vs half B) "
+                         f"needs at least {MIN_REAL}: upload more real images")
+    model = get_model(model_name)
+
+    def progress(stage: str, frac: float) -> None:
+        if ctx.cancelled():
+            raise Cancelled()
+        ctx.progress(int(950 * frac), units, f"search: {stage}")
+
+    rows, ev = evaluation.bandwidth_search(model, real, base, grid, settings.kind, settings, progress=progress,
+                                           batch_size=DDIMSettings().batch_size)
+    ctx.progress(950, units, "writing the report")
+    floor = ev.report.summary()[0]
+    crossfade = next((r for r in ev.report.summary() if r["label"] == "crossfade"), None)
+    fig = evaluation.search_figure(rows, floor, crossfade)
+    montage = ev.montage(k=8)
+    extra = {"request": request, "dataset": {"ref": ref, "name": ds_name}, "model": model.name, "n_real": len(real.x)}
+    payload: dict = {}
+
+    def fill(tmp: Path) -> None:
+        payload.update(evaluation.write_search_report(rows, ev, tmp / "search.json", tmp / "search.html", extra=extra))
+        write_json(tmp / "figures.json", {"quality vs diversity": json.loads(fig.to_json())})
+        Image.fromarray(montage).save(tmp / "montage.png")
+
+    _write_dir(out_dir, fill)
+    ctx.job.message = f"search of '{ds_name}': " + _search_line(payload)
+    return ref
+
+
+def _search_line(payload: dict) -> str:
+    """One line: the best cell and its C2ST against the floor."""
+    best = next((r for r in payload.get("cells") or [] if r.get("best")), None)
+    if best is None:
+        return "no cells"
+    from .evaluation import cell_label
+
+    return (f"best {cell_label(best['t_end'], best['eta'], best['pairing'], best['noise'])} (C2ST {best['c2st_stats']}, "
+            f"floor {(payload.get('floor') or {}).get('c2st_stats')}; {best['within_floor_frac']} of statistics within the floor)")
+
+
+RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate, "quality": run_quality,
+           "search": run_search}
 
 
 def zip_generated(rec: Record, folder: Path) -> Path:
