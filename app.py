@@ -19,7 +19,7 @@ from oodgen import service, tasks  # noqa: E402
 from oodgen.config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
 from oodgen.ratings import ACR_LABELS  # noqa: E402
-from oodgen.workspace import new_browser_key  # noqa: E402
+from oodgen.workspace import browser_secret, new_browser_key  # noqa: E402
 
 DDIM = DDIMSettings()
 GEN = GenerationSettings()
@@ -349,9 +349,10 @@ def on_create_study(owner, token, study_id, domain, gen_ids, real_ref, n, instru
 
 # ---------------------------------------------------------------- layout
 def build() -> gr.Blocks:
+    secret = browser_secret()  # fixed per workspace (or $OODGEN_BROWSER_SECRET): a restarted app still reads what browsers keep
     with gr.Blocks(title="oodgen") as demo:
-        key = gr.BrowserState(None, storage_key="oodgen-browser-key")  # random id: this browser's datasets, runs, jobs
-        prefs = gr.BrowserState({}, storage_key="oodgen-prefs")  # rater name and study, for resuming
+        key = gr.BrowserState(None, storage_key="oodgen-browser-key", secret=secret)  # random id: this browser's datasets, runs, jobs
+        prefs = gr.BrowserState({}, storage_key="oodgen-prefs", secret=secret)  # rater name and study, for resuming
         owner = gr.State(None)
         jobs_seen = gr.State("")
         diag_seen = gr.State("")

@@ -292,6 +292,31 @@ def test_quality_of_a_generated_set(page, tmp_path):
     page.locator("#q_note").get_by_text("Already evaluated").wait_for(timeout=30_000)
 
 
+def test_bandwidth_search_job(page, tmp_path):
+    _tab(page, "Search")
+    _choose(page, "s_source", "dataset: bundled: faces")
+    _wait_text(page, "s_summary", "No search yet")
+    _fill(page, "s_t", "300")
+    _fill(page, "s_eta", "0")
+    for box, keep in (("s_pairing", "random"), ("s_noise", "none")):  # one cell: random pairs, no noise model
+        for label in page.locator(f"#{box} label").all_inner_texts():
+            page.locator(f"#{box}").get_by_label(label.strip(), exact=True).set_checked(label.strip() == keep)
+    _number(page, "s_n", 6)
+    page.locator("#s_kind").get_by_label("image", exact=True).check()
+    _number(page, "s_boot", 20)
+    page.locator("#s_btn").click()
+    page.locator("#s_note").get_by_text("Queued").wait_for(timeout=30_000)
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("search of 'faces'").wait_for(timeout=300_000)
+    for text in ("floor", "crossfade", "random", "C2ST statistics"):
+        _wait_text(page, "s_table", text, 60_000)
+    _wait_text(page, "s_summary", "Best: t_end 300")
+    page.locator("#s_plot .js-plotly-plot").wait_for(timeout=60_000)
+    _wait_text(page, "s_file", ".html")
+    _shot(page, tmp_path, "search")
+    page.locator("#s_btn").click()  # the same grid again reads the cache
+    page.locator("#s_note").get_by_text("Already searched").wait_for(timeout=30_000)
+
+
 def test_job_survives_reload_and_can_be_cancelled(page, tmp_path):
     _tab(page, "Invert")
     _number(page, "steps", 200)
