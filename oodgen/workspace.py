@@ -33,6 +33,9 @@ from typing import Any, Callable, Optional
 log = logging.getLogger(__name__)
 
 HOME_ENV = "OODGEN_HOME"
+SECRET_ENV = "OODGEN_BROWSER_SECRET"  # a Space's secret: keeps browser keys readable across rebuilds of its disk
+SECRET_FILE = ".browser_secret"  # else created once in the workspace, mode 0600
+MIN_SECRET = 16  # characters
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,79}")
 NAME_MAX = 60
 KINDS = ("datasets", "runs", "generated")
@@ -94,6 +97,45 @@ def owner_from_login(username: str) -> str:
 
 def new_browser_key() -> str:
     return secrets.token_hex(16)
+
+
+def browser_secret(home: str | Path | None = None) -> str:
+    """The secret that encrypts what the app keeps in a visitor's browser (their workspace key, rater name).
+
+    It must survive restarts, or a restarted app cannot read the key and the visitor's datasets, runs
+    and jobs vanish from their view. From ``$OODGEN_BROWSER_SECRET`` when set (a Space's secret), else
+    ``HOME/.browser_secret``, created once with mode 0600 (several processes starting at once agree
+    on one: it is linked into place, never overwritten). The workspace is never served, so neither is the file.
+    """
+    env = os.environ.get(SECRET_ENV, "").strip()
+    if env:
+        if len(env) < MIN_SECRET:
+            raise WorkspaceError(f"{SECRET_ENV} has {len(env)} characters; use at least {MIN_SECRET} random ones "
+                                 "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return env
+    root = Path(home).resolve() if home is not None else home_from_env()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / SECRET_FILE
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".browser_secret.", suffix=".tmp", dir=root)  # mode 0600
+        try:
+            os.write(fd, secrets.token_urlsafe(32).encode("ascii"))
+            os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic; fails if another process made it first, whose secret is then used
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        log.warning("workspace: %s was readable by others; made it private (mode 0600)", path)
+        os.chmod(path, 0o600)
+    secret = path.read_text(encoding="ascii").strip()
+    if len(secret) < MIN_SECRET:
+        raise WorkspaceError(f"the browser secret file in the workspace holds {len(secret)} characters; delete it and restart "
+                             "(visitors then get new keys)")
+    return secret
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oodgen.workspace import Workspace, WorkspaceError, check_id, owner_from_key
+from oodgen.workspace import SECRET_ENV, Workspace, WorkspaceError, browser_secret, check_id, owner_from_key
 
 
 def _fill(tmp):
@@ -79,3 +79,21 @@ def test_owner_ids_do_not_reveal_the_browser_key():
     assert owner.startswith("anon-") and key not in owner and owner == owner_from_key(key)
     with pytest.raises(WorkspaceError):
         owner_from_key("short")
+
+
+def test_browser_secret_is_made_once_private_and_survives_restarts(tmp_path, monkeypatch):
+    """A restarted app must read what browsers stored (their workspace key), so the secret is kept, not redrawn."""
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    first = browser_secret(tmp_path)
+    assert len(first) >= 32 and browser_secret(tmp_path) == first  # a second process (or a restart) gets the same one
+    f = tmp_path / ".browser_secret"
+    assert f.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [".browser_secret"]  # no temporary file left behind
+    f.chmod(0o644)
+    assert browser_secret(tmp_path) == first and f.stat().st_mode & 0o777 == 0o600  # made private again
+    assert browser_secret(tmp_path / "other") != first  # another workspace, another secret
+    monkeypatch.setenv(SECRET_ENV, "a-space-secret-of-enough-length")
+    assert browser_secret(tmp_path) == "a-space-secret-of-enough-length"  # a Space's secret wins
+    monkeypatch.setenv(SECRET_ENV, "short")
+    with pytest.raises(WorkspaceError, match="at least 16"):
+        browser_secret(tmp_path)
