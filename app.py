@@ -17,12 +17,15 @@ import gradio as gr  # noqa: E402
 
 from oodgen import service, tasks  # noqa: E402
 from oodgen.config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.evaluation import SearchGrid  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
 from oodgen.ratings import ACR_LABELS  # noqa: E402
 from oodgen.workspace import browser_secret, new_browser_key  # noqa: E402
 
 DDIM = DDIMSettings()
 GEN = GenerationSettings()
+SEARCH = SearchGrid()
+SEARCH_GRID_MORPH = 60  # statmorph images per cell at most (galaxy statistics), as the search command
 OAUTH = bool(os.environ.get("OAUTH_CLIENT_ID"))  # set by Hugging Face Spaces when the README says hf_oauth: true
 CSS = """
 .pixelated img { image-rendering: pixelated; }
@@ -274,6 +277,48 @@ def on_quality_start(owner, gen_id, kind, n_boot, morph_max, force):
     return f"Queued **{job.label}**; the report appears here when it finishes.", service.jobs_html(owner)
 
 
+# ---------------------------------------------------------------- bandwidth search
+def _search_outputs(owner, source, model_name):
+    """summary, cell table, quality-vs-diversity plot, montage, HTML report."""
+    empty = [None] * 4
+    if not owner or not source:
+        return ["Pick the real images and press **Run search**.", *empty]
+    try:
+        v = service.search_view(owner, source, model_name)
+    except ValueError as e:
+        return [f"**{e}**", *empty]
+    if v.table is None:
+        return [v.summary or "No search yet for these images and model: press **Run search** (computed once, then cached).", *empty]
+    return [v.summary, v.table, v.figure, v.montage, v.html]
+
+
+def on_search_show(owner, source, model_name):
+    return [service.search_stamp(owner, source, model_name), *_search_outputs(owner, source, model_name)]
+
+
+def on_search_tick(owner, source, model_name, seen, jobs_seen):
+    """Once a second: the source list when a job finished; the report when its cache changed."""
+    if not owner:
+        return [gr.skip()] * 8
+    stamp = service.jobs_stamp(owner)
+    out = [stamp, _dd(service.search_sources(owner), "bundled:galaxy", keep=source)] if stamp != jobs_seen else [gr.skip()] * 2
+    sstamp = service.search_stamp(owner, source, model_name)
+    return out + ([sstamp, *_search_outputs(owner, source, model_name)] if sstamp != seen else [gr.skip()] * 6)
+
+
+def on_search_start(owner, source, model_name, t_values, etas, pairing, noise, n, kind, n_boot, force):
+    try:
+        grid = service.search_grid(t_values, etas, pairing, noise, _whole(n, "Samples per cell"))
+        settings = service.quality_settings(kind, int(n_boot), SEARCH_GRID_MORPH)
+        if not force and service.search_cached(owner, source, model_name, grid, settings):
+            return "Already searched with this grid (shown below); tick *Recompute* to run it again.", service.jobs_html(owner)
+        job = service.start_search(owner, source, model_name, grid, settings, force=bool(force))
+    except ValueError as e:
+        raise _err(e) from None
+    service.run_in_request(job)
+    return f"Queued **{job.label}**; the table and plot appear here when it finishes.", service.jobs_html(owner)
+
+
 # ---------------------------------------------------------------- rating
 def _rate_outputs(study_id, rater):
     v = service.rate_view(study_id, rater)
@@ -507,6 +552,36 @@ def build() -> gr.Blocks:
                             elem_classes="pixelated", elem_id="q_nn")
             q_file = gr.File(label="Offline HTML report (tables, figures, pictures)", elem_id="q_file")
 
+        with gr.Tab("Search"):
+            gr.Markdown("Bandwidth search (paper App. E.2.1 made quantitative): every combination of t_end, eta, pairing and noise "
+                        "model generates K samples from the real images, and each cell is compared with the real set as in the Quality "
+                        "tab. One plot of quality against diversity, coloured by near-copies; the best cell is named. A dataset is "
+                        "searched with the base model above, a run with its own model.")
+            s_seen = gr.State("")
+            s_jobs_seen = gr.State(None)  # None: the first tick fills the source list
+            with gr.Row():
+                s_source = gr.Dropdown([], label="Real images (dataset, or a run's dataset)", scale=3, elem_id="s_source")
+                s_kind = gr.Radio(list(service.QUALITY_KINDS), value="auto", label="Statistics", elem_id="s_kind")
+            with gr.Row():
+                s_t = gr.Textbox(value=", ".join(map(str, SEARCH.t_end)), label="t_end values", elem_id="s_t")
+                s_eta = gr.Textbox(value=", ".join(f"{e:g}" for e in SEARCH.eta), label="eta values", elem_id="s_eta")
+                s_n = gr.Number(value=SEARCH.n_per_cell, precision=0, minimum=4, label="Samples per cell", elem_id="s_n")
+            with gr.Row():
+                s_pairing = gr.CheckboxGroup(list(PAIRINGS), value=list(SEARCH.pairing), label="Pairing", elem_id="s_pairing")
+                s_noise = gr.CheckboxGroup(list(NOISE_MODELS), value=list(SEARCH.noise), label="Noise models", elem_id="s_noise")
+                s_boot = gr.Slider(10, 1000, value=200, step=10, label="Bootstrap resamples (95% CIs)", elem_id="s_boot")
+                s_force = gr.Checkbox(label="Recompute even if cached", elem_id="s_force")
+            s_btn = gr.Button("Run search", variant="primary", elem_id="s_btn")
+            s_note = gr.Markdown(elem_id="s_note")
+            s_summary = gr.Markdown(elem_id="s_summary")
+            s_table = gr.Dataframe(label="One row per cell (best marked), then the floor (real A vs B) and the pixel crossfade",
+                                   interactive=False, wrap=True, elem_id="s_table")
+            s_plot = gr.Plot(label="Quality against diversity", elem_id="s_plot")
+            s_montage = gr.Image(label="Real, then a row per cell, at the same stretch", height=420, interactive=False,
+                                 elem_classes="pixelated", elem_id="s_montage")
+            s_file = gr.File(label="Offline HTML report (cells, plot, every statistic)", elem_id="s_file")
+            search_timer = gr.Timer(1.0)
+
         with gr.Tab("Rate"):
             gr.Markdown("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
                         "images are mixed and not labelled. You can close the page and continue later with the same name.")
@@ -598,6 +673,13 @@ def build() -> gr.Blocks:
 
         q_gen.change(on_quality_show, [owner, q_gen], [q_seen, *quality_outputs])
         q_btn.click(on_quality_start, [owner, q_gen, q_kind, q_boot, q_morph, q_force], [q_note, jobs])
+
+        search_outputs = [s_summary, s_table, s_plot, s_montage, s_file]
+        for control in (s_source, model):
+            control.change(on_search_show, [owner, s_source, model], [s_seen, *search_outputs])
+        search_timer.tick(on_search_tick, [owner, s_source, model, s_seen, s_jobs_seen], [s_jobs_seen, s_source, s_seen, *search_outputs],
+                          concurrency_limit=None, show_progress="hidden")
+        s_btn.click(on_search_start, [owner, s_source, model, s_t, s_eta, s_pairing, s_noise, s_n, s_kind, s_boot, s_force], [s_note, jobs])
 
         rate_outputs = [rate_image, rate_progress, instructions, position, shown_ms]
         rate_start.click(on_rate_start, [study, rater, prefs], [*rate_outputs, prefs])
