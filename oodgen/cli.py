@@ -269,12 +269,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
     from . import engine
-    from .data import Stretch, from_model_output, to_uint8_rgb
-    from .latents import load_latents, save_latents, source_noise
+    from .data import Stretch
+    from .generated import draw_records, model_output_images, write_generated
+    from .latents import load_latents, source_noise
 
     z, meta = load_latents(args.latents)
     t_end = args.t_end if args.t_end is not None else meta.get("t_end")
@@ -292,26 +290,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with _progress_bar("generate", args.quiet) as update:
         gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta),
                               source_sky=source_noise(meta, "sky"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
-    rgb = to_uint8_rgb(gen.images)
-    physical = from_model_output(gen.images, stretch) if stretch is not None else None
-    records = []
-    for k, d in enumerate(gen.draws):
-        stem = f"gen_{k:04d}"
-        Image.fromarray(rgb[k]).save(out / f"{stem}.png")
-        rec = {"file": f"{stem}.png", "method": d.method, "i": d.i, "j": d.j, "alpha": None if d.method == "gaussian" else d.alpha}
-        if physical is not None:
-            np.save(out / f"{stem}.npy", np.ascontiguousarray(np.moveaxis(physical[k], -1, 0)).astype(np.float32))
-            rec["npy"] = f"{stem}.npy"
-        records.append(rec)
-    manifest = {"latents": str(args.latents), "model": model.name, "ddim": ddim_settings.to_json(),
-                "generation": gen_settings.to_json(), "unit": stretch.unit if stretch else None, "samples": records}
-    (out / "generated.json").write_text(json.dumps(manifest, indent=2))
-    if args.save_latents:
-        save_latents(out / "latents.safetensors", gen.latents, {**meta, "generated_from": str(args.latents), "sources": None})
-    print(f"wrote {len(gen.draws)} images to {out}" + (" (PNG + physical .npy)" if physical is not None else ""), file=sys.stderr)
+    rgb, physical = model_output_images(gen.images, stretch)
+    names = [src.get("name") for src in meta.get("sources") or []]
+    manifest = {"method": gen_settings.method, "latents": str(args.latents), "model": model.name, "ddim": ddim_settings.to_json(),
+                "generation": gen_settings.to_json()}
+    write_generated(args.out, rgb, physical, draw_records(gen.draws, names), manifest, unit=stretch.unit if stretch else None,
+                    latents=gen.latents if args.save_latents else None,
+                    latents_meta={**meta, "generated_from": str(args.latents), "sources": None})
+    print(f"wrote {len(gen.draws)} images to {args.out}" + (" (PNG + physical .npy)" if physical is not None else ""), file=sys.stderr)
     return 0
 
 

@@ -26,9 +26,10 @@ from . import bulk, engine, zerogpu
 from .ddim import Cancelled
 from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
-from .data import LoadReport, Sample, Stretch, from_model_output, list_files, load_paths, to_model_input, to_uint8_rgb
+from .data import LoadReport, Sample, Stretch, list_files, load_paths, to_model_input, to_uint8_rgb
+from .generated import draw_records, model_output_images, write_generated
 from .jobs import JobContext
-from .latents import inversion_metadata, load_latents, save_latents, save_latents_from_parts, source_noise
+from .latents import inversion_metadata, load_latents, save_latents_from_parts, source_noise
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError, write_json
 
@@ -280,6 +281,12 @@ def run_sweep(ctx: JobContext) -> str:
 
 
 # ---------------------------------------------------------------- generate
+def _generated_manifest(run: Record, model_name: str, settings: DDIMSettings) -> dict:
+    """The fields every generated set of ``run`` records, whatever its method (the workspace adds id, name, owner)."""
+    return {"run": run.id, "run_name": run.name, "model": model_name, "kind": run.meta.get("kind"), "domain": run.meta.get("dataset_name"),
+            "settings": settings.to_json(), "stretch": run.meta.get("stretch")}
+
+
 def run_generate(ctx: JobContext) -> str:
     """params: run (id), n, name, generation (GenerationSettings JSON)."""
     p, ws = ctx.params, ctx.workspace
@@ -293,28 +300,13 @@ def run_generate(ctx: JobContext) -> str:
                           cancel=ctx.cancelled, source_noise=source_noise(file_meta),
                           source_sky=source_noise(file_meta, "sky"))
     stretch = run_stretch(rec)
-    rgb = to_uint8_rgb(gen.images)
-    names = rec.meta.get("names", [])
+    rgb, physical = model_output_images(gen.images, stretch)
+    manifest = {"method": gen_settings.method, **_generated_manifest(rec, model.name, settings), "generation": gen_settings.to_json()}
 
     def fill(tmp: Path) -> dict:
-        from PIL import Image
-
-        (tmp / "images").mkdir()
-        for k, a in enumerate(rgb):
-            Image.fromarray(a).save(tmp / "images" / f"gen_{k:04d}.png")
-        if stretch is not None:
-            (tmp / "physical").mkdir()
-            phys = from_model_output(gen.images, stretch)  # [n, H, W, C] in the data's units
-            for k, a in enumerate(phys):
-                np.save(tmp / "physical" / f"gen_{k:04d}.npy", a)
-        save_latents(tmp / LATENTS, gen.latents, {"model": model.name, **settings.to_json(), "run": rec.id,
-                                                  "generation": gen_settings.to_json()})
-        draws = [{"method": d.method, "i": d.i, "j": d.j, "alpha": None if d.alpha != d.alpha else d.alpha,
-                  "source_i": names[d.i] if 0 <= d.i < len(names) else None,
-                  "source_j": names[d.j] if 0 <= d.j < len(names) else None} for d in gen.draws]
-        return {"n": n, "run": rec.id, "run_name": rec.name, "model": model.name, "kind": rec.meta.get("kind"),
-                "domain": rec.meta.get("dataset_name"), "generation": gen_settings.to_json(), "settings": settings.to_json(),
-                "stretch": rec.meta.get("stretch"), "unit": stretch.unit if stretch is not None else None, "draws": draws}
+        return write_generated(tmp, rgb, physical, draw_records(gen.draws, rec.meta.get("names", [])), manifest, subfolders=True,
+                               write_manifest=False, unit=stretch.unit if stretch is not None else None, latents=gen.latents,
+                               latents_meta={"model": model.name, **settings.to_json(), "run": rec.id, "generation": gen_settings.to_json()})
 
     out = ws.create("generated", p.get("name") or f"{rec.name} {gen_settings.method}", ctx.job.owner, fill)
     ctx.job.message = f"generated {n} samples into '{out.name}'"

@@ -250,9 +250,9 @@ def test_generate_set_and_download_zip(page, server, tmp_path):
     d = torch.cdist(z.reshape(len(z), -1).double(), z.reshape(len(z), -1).double())
     d.fill_diagonal_(float("inf"))
     nearest = d.topk(4, dim=1, largest=False).indices.tolist()
-    assert len(manifest["draws"]) == 8
+    assert len(manifest["samples"]) == 8
     a0 = gen["alpha"]  # the alpha slider is shared with the single-image view, which earlier tests move
-    for dr in manifest["draws"]:
+    for dr in manifest["samples"]:
         assert dr["j"] in nearest[dr["i"]] and a0 - 0.1 - 1e-9 <= dr["alpha"] <= a0 + 0.1 + 1e-9, dr
     _shot(page, tmp_path, "generate_set")
     # without a reload, the new set is offered to the study creator in the Results tab

@@ -276,7 +276,7 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
     d = torch.cdist(flat, flat)
     d.fill_diagonal_(float("inf"))
     nearest = d.topk(3, dim=1, largest=False).indices.tolist()
-    draws = rec.meta["draws"]
+    draws = rec.meta["samples"]
     assert len(draws) == 16
     for k, dr in enumerate(draws):
         assert dr["method"] == "slerp" and dr["j"] in nearest[dr["i"]], (k, dr, nearest[dr["i"]])

@@ -73,9 +73,9 @@ def test_generate_physical_set_and_zip(tmp_path):
                                                          "generation": {"method": "gaussian", "seed": 3}}).id, 300)
     assert gen.status == "done", gen.message
     rec = ws.get("generated", gen.result, "anon-a")
-    assert rec.meta["unit"] == "MJy/sr" and len(rec.meta["draws"]) == 5
+    assert rec.meta["unit"] == "MJy/sr" and len(rec.meta["samples"]) == 5
     phys = [np.load(f) for f in sorted((rec.root / "physical").glob("*.npy"))]
-    assert len(phys) == 5 and phys[0].shape == (32, 32, 3) and np.isfinite(phys[0]).all()
+    assert len(phys) == 5 and phys[0].shape == (3, 32, 32) and np.isfinite(phys[0]).all()
     with zipfile.ZipFile(tasks.zip_generated(rec, tmp_path / "dl")) as zf:
         names = zf.namelist()
     assert sum(n.endswith(".png") for n in names) == 5 and sum(n.endswith(".npy") for n in names) == 5

@@ -1,0 +1,89 @@
+"""Generated sets on disk: the one writer that the command line and the app use for every method.
+
+A generated set is a folder of PNG images (uint8 RGB, for looking at and for MOS studies), for
+physical sources one ``.npy`` per image in the data's units and original band order, laid out
+[band, y, x], and a manifest: what made the set (method, model, settings) and, per image, its
+provenance (``samples``: file names, the pair i, j of source indices and names, alpha). The
+command line writes the images side by side with ``generated.json``; the app's workspace keeps them
+in ``images/`` and ``physical/`` and writes the manifest itself (as its record's ``generated.json``).
+The methods: latent sampling (slerp, lerp, gaussian), the pixel crossfade baseline (``pixel``) and
+sampling a fine-tuned model (``finetune``) all end here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "generated.json"
+BASELINE_METHODS: tuple[str, ...] = ("pixel", "finetune")  # generation methods beside the latent ones (oodgen.config.METHODS)
+
+
+def model_output_images(images: torch.Tensor, stretch: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Model outputs [n, C, H, W] in [-1, 1] -> (uint8 RGB [n, H, W, 3], physical float32 [n, H, W, B] in data units or None)."""
+    from .data import from_model_output, to_uint8_rgb
+
+    return to_uint8_rgb(images), (from_model_output(images, stretch) if stretch is not None else None)
+
+
+def draw_records(draws: Sequence[Any], names: Sequence[str]) -> list[dict]:
+    """Per-image provenance of latent draws (:class:`oodgen.sampling.Draw`): method, source indices i, j and names, alpha."""
+    out = []
+    for d in draws:
+        out.append({"method": d.method, "i": d.i, "j": d.j, "alpha": None if d.method == "gaussian" or d.alpha != d.alpha else d.alpha,
+                    "source_i": names[d.i] if 0 <= d.i < len(names) else None,
+                    "source_j": names[d.j] if 0 <= d.j < len(names) else None})
+    return out
+
+
+def write_generated(folder: str | Path, rgb: np.ndarray, physical: Optional[np.ndarray], samples: Sequence[dict], manifest: dict,
+                    *, subfolders: bool = False, write_manifest: bool = True, unit: Optional[str] = None,
+                    latents: Optional[torch.Tensor] = None, latents_meta: Optional[dict] = None) -> dict:
+    """Write one generated set into ``folder`` and return its manifest.
+
+    ``rgb``: uint8 [n, H, W, 3]; ``physical``: float32 [n, H, W, B] in data units (None for images), saved
+    as ``gen_k.npy`` [B, H, W]; ``samples``: n provenance dicts (:func:`draw_records`, or a baseline's),
+    completed with each image's file names; ``manifest``: what made the set (method, model, settings...).
+    ``subfolders``: PNGs in ``images/`` and maps in ``physical/`` (the app's layout) instead of side by side.
+    ``write_manifest``: also write ``generated.json`` (the app's workspace writes its own record file).
+    ``latents`` [n, C, H, W] (optional) go to ``latents.safetensors`` with ``latents_meta``.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    if len(samples) != len(rgb) or (physical is not None and len(physical) != len(rgb)):
+        raise ValueError(f"{len(rgb)} images, {len(samples)} provenance records and "
+                         f"{'no' if physical is None else len(physical)} physical maps: they must match")
+    img_dir = folder / "images" if subfolders else folder
+    phys_dir = folder / "physical" if subfolders else folder
+    img_dir.mkdir(parents=True, exist_ok=True)
+    if physical is not None:
+        phys_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, (a, s) in enumerate(zip(rgb, samples)):
+        stem = f"gen_{k:04d}"
+        Image.fromarray(a).save(img_dir / f"{stem}.png")
+        rec = {"file": (img_dir / f"{stem}.png").relative_to(folder).as_posix(), **s}
+        if physical is not None:
+            np.save(phys_dir / f"{stem}.npy", np.ascontiguousarray(np.moveaxis(physical[k], -1, 0)).astype(np.float32))
+            rec["npy"] = (phys_dir / f"{stem}.npy").relative_to(folder).as_posix()
+        records.append(rec)
+    if latents is not None:
+        from .latents import save_latents
+
+        save_latents(folder / "latents.safetensors", latents, latents_meta or {})
+    out = {**manifest, "n": len(records), "unit": unit, "samples": records}
+    if write_manifest:
+        from .latents import atomic_write
+
+        text = json.dumps(out, indent=2)
+        atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+    log.info("wrote %d generated images to %s%s", len(records), folder, " (PNG + physical .npy)" if physical is not None else "")
+    return out
