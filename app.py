@@ -320,6 +320,33 @@ def on_search_start(owner, source, model_name, t_values, etas, pairing, noise, n
 
 
 # ---------------------------------------------------------------- rating
+# Sends, with each score, the blinded id of the item whose image is on screen: taken from the file
+# name of the displayed <img>, and only once it has loaded ("" before). The server refuses a score
+# whose item or position is not the one to rate now, so a click that arrives after an earlier one
+# moved the session on, or before the next image shows, never scores an item the rater did not see.
+RATE_JS = """(study, rater, position, shownMs, comment, shown) => {
+  const img = document.querySelector('#rate_image img');
+  let item = '';
+  if (img && img.complete && img.naturalWidth > 0) {
+    const m = decodeURIComponent(img.getAttribute('src') || '').match(/(item_[0-9]+)[.]png/);
+    item = m ? m[1] : '';
+  }
+  return [study, rater, position, shownMs, comment, item];
+}"""
+# Keys 1-5 press the score buttons (so they get the same check) while the Rate tab is open and no text box has the focus.
+KEYS_JS = """() => {
+  document.addEventListener('keydown', (e) => {
+    if (e.repeat || e.ctrlKey || e.metaKey || e.altKey || !/^[1-5]$/.test(e.key)) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    const b = document.getElementById('score_' + e.key);
+    if (!b || b.offsetParent === null || b.disabled) return;
+    e.preventDefault();
+    b.click();
+  });
+}"""
+
+
 def _rate_outputs(study_id, rater):
     v = service.rate_view(study_id, rater)
     if v.done:
@@ -349,15 +376,19 @@ def on_rate_resume(prefs, profile: Optional[gr.OAuthProfile] = None):
 
 
 def rate_handler(score: int):
-    """The click handler of the button for ``score``."""
+    """The click handler of the button for ``score`` (``shown``: the item id on the rater's screen, from RATE_JS)."""
 
-    def on_rate(study_id, rater, position, shown_ms, comment, profile: Optional[gr.OAuthProfile] = None):
+    def on_rate(study_id, rater, position, shown_ms, comment, shown, profile: Optional[gr.OAuthProfile] = None):
         rater = profile.username if profile else (rater or "").strip()
         if not position:
             raise gr.Error("Press Start / resume first (or the session is complete).")
         try:
-            service.submit_rating(study_id, rater, int(position), score, comment or "", max(0, service.now_ms() - int(shown_ms or 0)))
+            service.submit_rating(study_id, rater, int(position), score, comment or "", max(0, service.now_ms() - int(shown_ms or 0)),
+                                  shown_item=shown or "")
             return (*_rate_outputs(study_id, rater), "")
+        except service.StaleRatingError as e:  # a fast second click or a loading image: nothing recorded, the screen stays
+            gr.Warning(str(e))
+            return [gr.skip()] * 6
         except ValueError as e:
             raise _err(e) from None
 
@@ -404,8 +435,9 @@ def build() -> gr.Blocks:
         q_seen = gr.State("")
         picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
         pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
-        position = gr.State(0)
+        position = gr.Number(0, visible=False, elem_id="rate_pos")  # the position shown on this page (sent back with each score)
         shown_ms = gr.State(0)
+        rate_shown = gr.Textbox("", visible=False)  # the item id on screen, filled in by RATE_JS at the click
 
         gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
                     "then sample new latents in the region they occupy and denoise them with the unchanged model.")
@@ -584,7 +616,8 @@ def build() -> gr.Blocks:
 
         with gr.Tab("Rate"):
             gr.Markdown("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
-                        "images are mixed and not labelled. You can close the page and continue later with the same name.")
+                        "images are mixed and not labelled. Score with the buttons or the keys 1-5; a score counts for the image on "
+                        "screen, once it has loaded. You can close the page and continue later with the same name.")
             with gr.Row():
                 rater = gr.Textbox(label="Your name or id" + (" (your Hugging Face login is used when signed in)" if OAUTH else ""),
                                    max_length=64, elem_id="rater")
@@ -684,7 +717,7 @@ def build() -> gr.Blocks:
         rate_outputs = [rate_image, rate_progress, instructions, position, shown_ms]
         rate_start.click(on_rate_start, [study, rater, prefs], [*rate_outputs, prefs])
         for btn, s in zip(score_btns, (5, 4, 3, 2, 1)):
-            btn.click(rate_handler(s), [study, rater, position, shown_ms, comment], [*rate_outputs, comment])
+            btn.click(rate_handler(s), [study, rater, position, shown_ms, comment, rate_shown], [*rate_outputs, comment], js=RATE_JS)
 
         res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_quality, res_raters, res_plot])
         export_btn.click(on_export, [token, res_study], export_files)
@@ -698,6 +731,6 @@ demo = build()
 if __name__ == "__main__":
     limits = service.backend().limits
     demo.queue(default_concurrency_limit=2).launch(
-        css=CSS, max_file_size=f"{limits.max_upload_mb}mb", ssr_mode=False,
+        css=CSS, js=KEYS_JS, max_file_size=f"{limits.max_upload_mb}mb", ssr_mode=False,
         blocked_paths=[str(service.backend().ws.home)],  # the workspace is never served as files; the app returns copies
     )

@@ -80,6 +80,10 @@ class RatingError(ValueError):
     """Bad rating input, a refused rating, or an unreadable study / ratings file (message says the fix)."""
 
 
+class StaleRating(RatingError):
+    """A score for an item that is not the one to rate now: already rated (a fast second click, another tab) or not shown yet."""
+
+
 # ---------------------------------------------------------------- validation
 def _char_name(ch: str) -> str:
     return f"U+{ord(ch):04X}" + (f" {unicodedata.name(ch)}" if unicodedata.name(ch, "") else "")
@@ -702,11 +706,15 @@ class RaterSession:
         item_id, is_repeat = self.plan[k]
         return SessionItem(k + 1, len(self.plan), item_id, self.study.image_path(item_id), is_repeat)
 
-    def rate(self, score: int, comment: str = "", response_ms: Optional[int] = None, *, position: Optional[int] = None) -> None:
+    def rate(self, score: int, comment: str = "", response_ms: Optional[int] = None, *, position: Optional[int] = None,
+             item_id: Optional[str] = None) -> None:
         """Record ``score`` for the item shown at ``position`` (1-based; default: the one :meth:`current` last returned).
 
-        Refused with :class:`RatingError` when that position is already rated (a second tab, a
-        double click) or the session is complete; nothing is written then.
+        ``item_id``: the blinded id of the item the rater saw when scoring; the score is refused unless
+        it is the item planned at that position ("" = no item was shown yet). Refused with
+        :class:`StaleRating` when that position is already rated (a second tab, a fast second click)
+        or another item is shown, and with :class:`RatingError` when the session is complete; nothing
+        is written then.
         """
         score = validate_score(score)
         comment = validate_comment(comment)
@@ -719,12 +727,15 @@ class RaterSession:
             if actual >= n:
                 raise RatingError(f"all {n} items of study {self.study.study_id} are rated by {self.rater}; thank you")
             if actual != expected:
-                raise RatingError(f"item {expected + 1} / {n} is already rated (in another tab or window?); "
-                                  f"reload to continue with item {actual + 1} / {n}")
-            item_id, is_repeat = self.plan[actual]
-            e = self.study.entry(item_id)
+                raise StaleRating(f"item {expected + 1} / {n} is already rated (a second click, or another tab or window); "
+                                  f"not recorded again: item {actual + 1} / {n} is next")
+            planned, is_repeat = self.plan[actual]
+            if item_id is not None and item_id != planned:
+                shown = f"item {item_id!r} was shown" if item_id else "no image was shown yet"
+                raise StaleRating(f"not recorded: {shown}, but item {actual + 1} / {n} is {planned!r}; score it once its image is shown")
+            e = self.study.entry(planned)
             self.log._append_locked(Rating(
-                timestamp=_utc_now(), study=self.study.study_id, rater=self.rater, session=self.session_id, item=item_id,
+                timestamp=_utc_now(), study=self.study.study_id, rater=self.rater, session=self.session_id, item=planned,
                 source=e.source, domain=self.study.domain, method=e.method, model=e.model, score=score, repeat=int(is_repeat),
                 response_ms=None if response_ms is None else int(response_ms), comment=comment,
             ))

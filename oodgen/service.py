@@ -9,10 +9,12 @@ what a user sees is filtered by their owner id.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -905,17 +907,39 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
 class RateView:
     """What the Rate tab shows next."""
 
-    image: Optional[np.ndarray]  # the blinded item, large; None when done
+    image: Optional[str]  # a file of the blinded item, cached per item and never rewritten (see rate_image_file); None when done
     progress: str  # "k / n"
     position: int  # 1-based position of the item shown (0 when done)
     instructions: str  # Markdown
     done: bool
+    item_id: str = ""  # the blinded id of the item shown; the image's file is named after it ("" when done)
+
+
+_RATE_FILES = Path(tempfile.mkdtemp(prefix="oodgen-rate-"))  # copies of study items that Gradio may serve (never the workspace)
+_RATE_FILES_LOCK = threading.Lock()
+
+
+def rate_image_file(study: "ratings.Study", item_id: str) -> Path:
+    """A copy of a study item's image to serve, ``<item_id>.png``: written once (atomically), never rewritten.
+
+    Several raters fetch the same item at once; a file rewritten per request (what Gradio does with
+    a returned array) can be served half-written. The folder is per study and creation time, so a
+    study made again under the same id never serves the old images.
+    """
+    tag = hashlib.sha256(f"{study.study_id}\n{study.created}".encode()).hexdigest()[:12]
+    target = _RATE_FILES / f"{study.study_id}-{tag}" / f"{item_id}.png"
+    if not target.exists():
+        with _RATE_FILES_LOCK:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{item_id}.{threading.get_ident()}.tmp")
+                shutil.copyfile(study.image_path(item_id), tmp)
+                os.replace(tmp, target)
+    return target
 
 
 def rate_view(study_id: str, rater: str) -> RateView:
     """Start or resume ``rater``'s session in ``study_id`` at the first item they have not rated."""
-    from PIL import Image
-
     if not study_id:
         raise UserError("pick a study")
     try:
@@ -927,13 +951,23 @@ def rate_view(study_id: str, rater: str) -> RateView:
     if item is None:
         k, n = session.progress
         return RateView(None, f"{k} / {n}", 0, instr, True)
-    im = np.asarray(Image.open(item.image).convert("RGB"))
-    return RateView(upscale(im, 384), item.progress_text, item.position, instr, False)
+    return RateView(str(rate_image_file(session.study, item.item_id)), item.progress_text, item.position, instr, False, item.item_id)
 
 
-def submit_rating(study_id: str, rater: str, position: int, score: int, comment: str = "", response_ms: Optional[int] = None) -> None:
+class StaleRatingError(UserError):
+    """A score that was not recorded because it was not for the item to rate now (a fast second click, a loading image)."""
+
+
+def submit_rating(study_id: str, rater: str, position: int, score: int, comment: str = "", response_ms: Optional[int] = None,
+                  shown_item: Optional[str] = None) -> None:
+    """Record a score for the item at ``position``; ``shown_item``: the item id the rater's screen showed ("" = none yet).
+
+    A score whose position or shown item is not the item to rate now raises :class:`StaleRatingError`.
+    """
     try:
-        ratings.start_or_resume(_home(), study_id, rater).rate(score, comment, response_ms, position=position)
+        ratings.start_or_resume(_home(), study_id, rater).rate(score, comment, response_ms, position=position, item_id=shown_item)
+    except ratings.StaleRating as e:
+        raise StaleRatingError(str(e)) from None
     except ratings.RatingError as e:
         raise UserError(str(e)) from None
 

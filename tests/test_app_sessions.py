@@ -145,3 +145,62 @@ def test_restart_then_reload_shows_the_same_datasets_and_rater(app_server, brows
     assert len(_rows(app_server.home, "Dr Restart")) == 1
     secret = app_server.home / ".browser_secret"
     assert secret.stat().st_mode & 0o777 == 0o600
+
+
+# Records, for every click on a score button and every key press, the item position on screen at that moment
+# (the progress text "Item k / n", which arrives with the image).
+RECORD_JS = """() => {
+  window.oodgenShownAtClick = [];
+  window.oodgenWarnings = 0;  // "not recorded" toasts seen (they may fade before they are counted otherwise)
+  new MutationObserver((ms) => ms.forEach((m) => m.addedNodes.forEach((n) => {
+    if (n.nodeType === 1 && n.innerText && n.innerText.includes('not recorded')) window.oodgenWarnings += 1;
+  }))).observe(document.body, {childList: true, subtree: true});
+  const shown = () => { const m = (document.querySelector('#rate_progress')?.innerText || '').match(/([0-9]+) \\/ [0-9]+/); return m ? +m[1] : 0; };
+  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('[id^=score_]')) window.oodgenShownAtClick.push(shown()); }, true);
+}"""
+
+
+def _settled(page, home, rater, expect_rows: int, warnings: int) -> None:
+    """Wait until the page shows the next item with its image loaded and ``warnings`` refused clicks were answered."""
+    page.wait_for_function("(k) => { const m = (document.querySelector('#rate_progress')?.innerText || '').match(/([0-9]+) \\/ /);"
+                           " return m && +m[1] >= k; }", arg=expect_rows + 1, timeout=30_000)
+    _wait_image(page)
+    _assert_only_shown_items_rated(page, home, rater)
+    page.wait_for_function("(n) => window.oodgenWarnings >= n", arg=warnings, timeout=30_000)
+    page.locator("#rate_progress").get_by_text(f"{expect_rows + 1} / {N_ITEMS}").wait_for(timeout=30_000)
+
+
+def _assert_only_shown_items_rated(page, home, rater: str) -> None:
+    study = R.load_study(home, STUDY)
+    plan = R.rater_plan(study, rater)
+    rows = _rows(home, rater)
+    shown = set(page.evaluate("() => window.oodgenShownAtClick"))
+    # a session rates its plan in order, so row k is position k; every rated position was on screen at a click
+    assert [r["item"] for r in rows] == [plan[k][0] for k in range(len(rows))]
+    rated = set(range(1, len(rows) + 1))
+    assert rated <= shown, f"positions {sorted(rated - shown)} were scored but never on screen at a click (shown: {sorted(shown)})"
+
+
+def test_fast_clicks_and_keys_only_score_the_image_on_screen(app_server, browser):
+    page = _page(browser, app_server.url)
+    page.evaluate(RECORD_JS)
+    _start_rating(page, "Dr Fast")
+    home, rater = app_server.home, "Dr Fast"
+    # two different buttons 30 ms apart, then five buttons 20 ms apart: only the first of each burst counts
+    refused = 0
+    for n, (buttons, gap) in enumerate([((4, 3), 30), ((5, 1), 30), ((2, 4), 30), ((5, 4, 3, 2, 1), 20)], start=1):
+        page.evaluate("([bs, gap]) => bs.forEach((b, k) => setTimeout(() => document.getElementById('score_' + b).click(), k * gap))",
+                      [list(buttons), gap])
+        refused += len(buttons) - 1
+        _settled(page, home, rater, n, refused)  # every later click of the burst was answered "not recorded"
+        _assert_only_shown_items_rated(page, home, rater)
+    assert len(_rows(home, rater)) == 4
+    # keys 1-5 press the buttons, with the same check: three keys in a burst score one image
+    page.locator("#rate_progress").click()  # focus off the text boxes
+    for key in ("3", "1", "2"):
+        page.keyboard.press(key)
+    _settled(page, home, rater, 5, refused + 2)
+    _assert_only_shown_items_rated(page, home, rater)
+    page.keyboard.press("5")  # one key, one score
+    _settled(page, home, rater, 6, refused + 2)
+    assert [r["score"] for r in _rows(home, rater)] == ["4", "5", "2", "5", "3", "5"]

@@ -156,7 +156,7 @@ def test_rating_a_position_twice_is_refused(study, tmp_path):
     tab2 = R.start_or_resume(home, "s1", "bob")  # a second tab shows the same item
     assert tab1.current() == tab2.current()
     tab1.rate(4)
-    with pytest.raises(R.RatingError, match=r"item 1 / 15 is already rated .* continue with item 2 / 15"):
+    with pytest.raises(R.StaleRating, match=r"item 1 / 15 is already rated .* item 2 / 15 is next"):
         tab2.rate(2)
     with pytest.raises(R.RatingError, match="already rated"):
         tab1.rate(5, position=1)  # a double click that re-submits the shown position
@@ -164,6 +164,23 @@ def test_rating_a_position_twice_is_refused(study, tmp_path):
     tab2.rate(2, position=2)
     rows = R.read_ratings(home / "ratings" / "ratings.csv")
     assert [r.score for r in rows] == [4, 2]
+
+
+def test_a_score_must_name_the_item_that_was_shown(study, tmp_path):
+    """A fast second click arrives after the first moved the session on: it names the old item and is refused."""
+    home = tmp_path / "home"
+    s = R.start_or_resume(home, "s1", "carol")
+    first, second = s.plan[0][0], s.plan[1][0]
+    s.rate(4, position=1, item_id=first)
+    with pytest.raises(R.StaleRating, match="already rated"):
+        s.rate(3, position=1, item_id=first)  # the second click, sent while item 1 was still on screen
+    with pytest.raises(R.StaleRating, match=f"item {first!r} was shown, but item 2 / 15 is {second!r}"):
+        s.rate(3, position=2, item_id=first)  # the position moved on but the screen still showed item 1
+    with pytest.raises(R.StaleRating, match="no image was shown yet"):
+        s.rate(3, position=2, item_id="")  # clicked while the next image was loading
+    s.rate(2, position=2, item_id=second)
+    rows = R.read_ratings(home / "ratings" / "ratings.csv")
+    assert [(r.item, r.score) for r in rows] == [(first, 4), (second, 2)]
 
 
 @pytest.mark.parametrize("rater, problem", [
