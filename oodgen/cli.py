@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 from .config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
+from .generated import BASELINE_METHODS
 
 log = logging.getLogger("oodgen")
 
@@ -274,6 +275,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generated import draw_records, model_output_images, write_generated
     from .latents import load_latents, source_noise
 
+    if args.method in BASELINE_METHODS:
+        return _generate_baseline(args)
+    if not args.latents:
+        raise CLIError(f"--method {args.method} samples latents: pass --latents FILE (made by python -m oodgen invert)")
     z, meta = load_latents(args.latents)
     t_end = args.t_end if args.t_end is not None else meta.get("t_end")
     steps = args.steps if args.steps is not None else meta.get("steps")
@@ -299,6 +304,103 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     latents=gen.latents if args.save_latents else None,
                     latents_meta={**meta, "generated_from": str(args.latents), "sources": None})
     print(f"wrote {len(gen.draws)} images to {args.out}" + (" (PNG + physical .npy)" if physical is not None else ""), file=sys.stderr)
+    return 0
+
+
+def _pixel_sources(args: argparse.Namespace) -> tuple[list, int, Optional[object], Optional[dict]]:
+    """(source samples, side, stretch, latent metadata) for --method pixel: --input, put in the order of the latent
+    file's recorded sources (by SHA-256) when --latents is given, at its resolution and stretch."""
+    from .data import Stretch
+    from .latents import read_metadata
+
+    if not args.input:
+        raise CLIError("--method pixel crossfades the source images themselves: pass --input DIR (the folder you inverted)")
+    samples = _read_inputs(args.input)
+    if not args.latents:
+        return samples, min(min(s.data.shape[:2]) for s in samples), None, None
+    meta = read_metadata(args.latents)
+    recorded = [src for src in meta.get("sources") or [] if isinstance(src, dict)]
+    by_hash = {s.sha256: s for s in samples if getattr(s, "sha256", None)}
+    missing = [src.get("name") for src in recorded if src.get("sha256") not in by_hash]
+    if not recorded or missing:
+        raise CLIError(f"--input does not hold {'the sources' if not recorded else f'{len(missing)} of the {len(recorded)} sources'} "
+                       f"that {args.latents} records{' (e.g. ' + ', '.join(map(str, missing[:3])) + ')' if missing else ''}; "
+                       "pass the folder you inverted, or leave out --latents")
+    stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
+    return [by_hash[src["sha256"]] for src in recorded], int(meta.get("resolution") or samples[0].data.shape[0]), stretch, meta
+
+
+def _generate_baseline(args: argparse.Namespace) -> int:
+    """generate --method pixel (crossfades of random pairs of the sources) or finetune (a fine-tuned model's own prior)."""
+    from . import finetune
+    from .data import Stretch
+    from .generated import model_output_images, write_generated
+
+    if args.method == "pixel":
+        from .crossfade import crossfade_set
+
+        samples, side, stretch, meta = _pixel_sources(args)
+        rgb, physical, records = crossfade_set(samples, args.n, side, args.alpha, args.seed, stretch)
+        unit = next((s.unit for s in samples if s.unit), None) if physical is not None else None
+        manifest = {"method": "pixel", "latents": str(args.latents) if args.latents else None, "model": None,
+                    "inputs": [str(p) for p in args.input], "resolution": side,
+                    "generation": {"method": "pixel", "alpha": args.alpha, "seed": args.seed}}
+    else:
+        if not args.model:
+            raise CLIError("--method finetune samples a fine-tuned model: pass --model FOLDER (made by python -m oodgen finetune)")
+        record = finetune.read_record(args.model)
+        if not record:
+            log.warning("%s has no %s: sampling its prior as it is (not a model made by `oodgen finetune`)", args.model, finetune.RECORD)
+        model = _load_model(args)
+        steps = args.steps if args.steps is not None else DDIMSettings().steps
+        with _progress_bar("generate", args.quiet) as update:
+            images = finetune.sample(model, args.n, steps, args.eta, args.seed, _batch_size(args, model, n=args.n), progress=update)
+        stretch = Stretch.from_json(record["stretch"]) if record.get("stretch") else None
+        rgb, physical = model_output_images(images, stretch)
+        records = finetune.prior_records(args.n)
+        unit = stretch.unit if stretch is not None else None
+        manifest = {"method": "finetune", "model": _portable(args.model), "base_model": record.get("base_model"),
+                    "finetune": {k: record.get(k) for k in ("steps", "seconds", "n_images")},
+                    "ddim": {"t_end": model.num_train_timesteps - 1, "steps": min(steps, model.num_train_timesteps - 1)},
+                    "generation": {"method": "finetune", "eta": args.eta, "seed": args.seed, "steps": steps}}
+    write_generated(args.out, rgb, physical, records, manifest, unit=unit)
+    print(f"wrote {len(rgb)} images ({args.method}) to {args.out}" + (" (PNG + physical .npy)" if physical is not None else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a copy of the base model on --input (checkpointed in OUT.ckpt/, resumed by the same command)."""
+    import shutil
+
+    from . import finetune
+
+    if args.out and Path(args.out).exists() and not finetune.read_record(args.out) and any(Path(args.out).iterdir()):
+        raise CLIError(f"{args.out} exists and is not a fine-tuned model folder; pass a new --out folder")
+    try:
+        settings = finetune.FinetuneSettings(steps=None if args.minutes is not None and args.steps is None else (args.steps or finetune.FinetuneSettings().steps),
+                                             seconds=args.minutes * 60 if args.minutes is not None else None, batch_size=args.batch_size,
+                                             lr=args.lr, seed=args.seed, flip=not args.no_flip, checkpoint_every=args.checkpoint_every)
+    except ValueError as e:
+        raise CLIError(f"fine-tuning settings: {e}") from None
+    model, x, stretch, samples = _load_data_and_model(args)
+    ckpt = finetune.checkpoint_dir_for(args.out)
+    with _progress_bar("finetune", args.quiet) as update:
+        try:
+            result = finetune.finetune(model, x, settings, checkpoint_dir=ckpt, progress=update)
+        except KeyboardInterrupt:
+            print(f"oodgen: stopped; checkpoints every {settings.checkpoint_every} steps are kept in {ckpt}: run the same command "
+                  "again to resume", file=sys.stderr)
+            raise
+    record = {**finetune.data_record(samples, stretch, samples[0].kind), "inputs": [str(p) for p in args.input],
+              "settings": settings.to_json()}
+    finetune.save_tuned(result, model, args.out, record)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    k = max(1, len(result.losses) // 5)
+    first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k
+    print(f"fine-tuned a copy of {model.name} on {len(samples)} images: {result.steps} steps in {result.seconds:.0f} s"
+          f"{f' (resumed at step {result.resumed_from})' if result.resumed_from else ''}, mean loss {first:.4f} -> {last:.4f} (first/last fifth of the steps); "
+          f"wrote {args.out}; sample it with: python -m oodgen generate --method finetune --model {args.out} --n 16 --out DIR", file=sys.stderr)
     return 0
 
 
@@ -517,10 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = GenerationSettings()
     s = sub.add_parser("generate", help="sample new latents between inverted ones and denoise them to images")
-    s.add_argument("--latents", required=True, metavar="FILE", help="latent file from `invert`")
+    s.add_argument("--latents", metavar="FILE", help="latent file from `invert` (pixel: optional, for its sources' order, resolution and stretch; "
+                                                     "finetune: not used)")
     s.add_argument("--n", type=int, required=True, help="number of images")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder (PNG, + physical .npy for multi-band sources, generated.json)")
-    s.add_argument("--method", choices=METHODS, default=g.method, help=f"how new latents are drawn (default: {g.method})")
+    s.add_argument("--method", choices=METHODS + BASELINE_METHODS, default=g.method,
+                   help=f"how new latents are drawn (default: {g.method}); baselines: pixel (crossfades of random pairs of the --input "
+                        "images, at --alpha) and finetune (samples of the fine-tuned --model's own prior, `oodgen finetune`)")
+    s.add_argument("--input", nargs="+", metavar="PATH", help="pixel: the source images (the folder you inverted)")
     s.add_argument("--alpha", type=float, default=g.alpha, help=f"interpolation weight in [0, 1] (default: {g.alpha})")
     s.add_argument("--eta", type=float, default=g.eta, help=f"DDIM stochasticity while decoding (default: {g.eta})")
     s.add_argument("--seed", type=int, default=g.seed, help=f"random seed (default: {g.seed})")
@@ -539,6 +645,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)
     s.set_defaults(func=cmd_generate)
+
+    from .finetune import FinetuneSettings
+
+    f = FinetuneSettings()
+    s = sub.add_parser("finetune", help="baseline: fine-tune a copy of the base model on the OOD images (DDPM loss), save a diffusers folder")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="the OOD images (files, folders, zips)")
+    s.add_argument("--out", required=True, metavar="FOLDER", help="the tuned model (diffusers folder + finetune.json); checkpoints in FOLDER.ckpt/")
+    budget = s.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {f.steps})")
+    budget.add_argument("--minutes", type=float, default=None, help="time budget of the training loop instead of a number of steps")
+    s.add_argument("--batch-size", type=int, default=f.batch_size, help=f"images per step (default: {f.batch_size})")
+    s.add_argument("--lr", type=float, default=f.lr, help=f"Adam learning rate (default: {f.lr:g})")
+    s.add_argument("--seed", type=int, default=f.seed, help=f"seed of batches, flips, timesteps and noise (default: {f.seed})")
+    s.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    s.add_argument("--checkpoint-every", type=int, default=f.checkpoint_every, help=f"steps between checkpoints (default: {f.checkpoint_every})")
+    _add_model_args(s)
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("diagnose", help="latent-space diagnostics of an OOD latent file against an ID reference (Table 3)")
     s.add_argument("--ood", required=True, metavar="FILE", help="OOD latent file from `invert`")

@@ -37,7 +37,7 @@ class ImageSet:
     note: str = ""  # what was done to it (resampling, previews ignored)
 
 
-def _stack(samples: Sequence[Sample], side: int) -> np.ndarray:
+def stack_samples(samples: Sequence[Sample], side: int) -> np.ndarray:
     """Samples -> [N, side, side, C] (centre-cropped and resampled like model inputs), grey -> RGB when mixed."""
     c = max(s.channels for s in samples)
     out = []
@@ -77,7 +77,7 @@ def load_set(path: str | Path | Sequence[str | Path], name: Optional[str] = None
         notes.append(f"resampled from {natural}x{natural} to {side}x{side}")
     manifest_unit, manifest_bands = _generated_manifest(paths)
     s0 = samples[0]
-    return ImageSet(label, _stack(samples, side), s0.kind, s0.unit or unit or manifest_unit,
+    return ImageSet(label, stack_samples(samples, side), s0.kind, s0.unit or unit or manifest_unit,
                     tuple(bands) if bands else (s0.bands or manifest_bands), tuple(samples), "; ".join(notes))
 
 
