@@ -523,11 +523,57 @@ def read_ratings(path: str | Path) -> list[Rating]:
     return list(scan.rows)
 
 
+def _parse_tail(data: bytes) -> Optional[list[Rating]]:
+    """The complete, valid rows of bytes appended after a record boundary; None when anything is off (then reread all)."""
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        text = data.decode("utf-8")
+        return [Rating.from_cells(rec) for rec in csv.reader(io.StringIO(text, newline=""), strict=True) if rec]
+    except (UnicodeDecodeError, csv.Error, ValueError):
+        return None
+
+
+class _Index:
+    """What this process knows of one ratings CSV: how far it has read, and per (study, rater) the (item, repeat) pairs rated.
+
+    Kept per file for the whole process, so a rating costs the rows appended since the last one, not
+    the whole file. It notices a replaced (new inode), shortened or rewritten file and reads it all again.
+    """
+
+    def __init__(self) -> None:
+        self.file: Optional[tuple[int, int]] = None  # (st_dev, st_ino) of the file read
+        self.offset = 0  # bytes read: always the end of a complete record
+        self.done: dict[tuple[str, str], set[tuple[str, bool]]] = defaultdict(set)
+        self.n = 0  # rows indexed
+
+    def reset(self, file: Optional[tuple[int, int]], offset: int, rows: Iterable[Rating]) -> None:
+        self.file, self.offset, self.done, self.n = file, offset, defaultdict(set), 0
+        self.add(rows)
+
+    def add(self, rows: Iterable[Rating]) -> None:
+        for r in rows:
+            self.done[(r.study, r.rater)].add((r.item, bool(r.repeat)))
+            self.n += 1
+
+
+_INDEXES: dict[str, _Index] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def _index_for(path: Path) -> _Index:
+    key = os.path.abspath(path)
+    with _INDEXES_LOCK:
+        return _INDEXES.setdefault(key, _Index())
+
+
 class RatingsLog:
     """The shared ratings CSV: appends under a file lock with fsync; safe across threads and processes.
 
     Every open checks the file: an incomplete or unparsable last line (from a process killed while
-    writing) is moved to ``<name>.partial-<UTC time>`` and logged; the good rows stay.
+    writing) is moved to ``<name>.partial-<UTC time>`` and logged; the good rows stay. What a rater
+    has rated (:meth:`done`) comes from a per-process index that reads only what was appended since
+    its last read, so its cost does not grow with the rows already in the file.
     """
 
     def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
@@ -535,6 +581,7 @@ class RatingsLog:
         self.lock = FileLock(str(self.path) + ".lock", timeout=timeout, poll_interval=0.005)
         self._cache: Optional[tuple[tuple[int, int, int], tuple[Rating, ...]]] = None  # (stat key, rows)
         self._cache_lock = threading.Lock()
+        self._index = _index_for(self.path)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -543,8 +590,9 @@ class RatingsLog:
         try:
             self.lock.acquire()
         except LockTimeout:
-            raise RatingError(f"{self.path} has been locked for {self.lock.timeout:.0f} s by another process; try again, "
-                              f"or check that no stuck process holds {self.lock.lock_file}") from None
+            log.warning("%s stayed locked for %.0f s; check that no stuck process holds %s", self.path, self.lock.timeout, self.lock.lock_file)
+            raise RatingError(f"the ratings file is busy (locked for {self.lock.timeout:.0f} s by another process); "
+                              "nothing was recorded: try again in a moment") from None
         try:
             yield
         finally:
@@ -567,9 +615,49 @@ class RatingsLog:
         if scan.good_end < len(data):
             self._set_aside(data[scan.good_end:], scan.good_end, len(scan.rows))
         rows = scan.rows
+        st = self.path.stat()
         with self._cache_lock:
-            self._cache = (self._stat_key(self.path.stat()), rows)
+            self._cache = (self._stat_key(st), rows)
+        with _INDEXES_LOCK:
+            self._index.reset((st.st_dev, st.st_ino), scan.good_end, rows)
         return rows
+
+    def _refresh_locked(self) -> _Index:
+        """The index, brought up to the end of the file (under the lock): appended bytes only, or all when the file changed otherwise."""
+        idx = self._index
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            with _INDEXES_LOCK:
+                idx.reset(None, 0, ())
+            return idx
+        same = idx.file == (st.st_dev, st.st_ino) and idx.offset <= st.st_size
+        if same and idx.offset == st.st_size:
+            return idx
+        if same and idx.offset > 0:
+            with open(self.path, "rb") as f:
+                f.seek(idx.offset - 1)
+                data = f.read(st.st_size - idx.offset + 1)
+            rows = _parse_tail(data[1:]) if data[:1] == b"\n" else None  # still at a record boundary: nothing rewritten before it
+            if rows is not None:
+                with _INDEXES_LOCK:
+                    idx.add(rows)
+                    idx.offset = st.st_size
+                return idx
+        with self._cache_lock:
+            self._cache = None  # read the file itself, and index what it holds
+        self._read_locked()  # new, replaced, shortened or damaged at the end: read it all (repairs a torn last line)
+        return idx
+
+    def done(self, study: str, rater: str) -> frozenset[tuple[str, bool]]:
+        """The (item, is_repeat) pairs ``rater`` has rated in ``study`` (under the lock; reads only new rows)."""
+        with self.locked():
+            return self._done_locked(study, rater)
+
+    def _done_locked(self, study: str, rater: str) -> frozenset[tuple[str, bool]]:
+        idx = self._refresh_locked()
+        with _INDEXES_LOCK:
+            return frozenset(idx.done.get((study, rater), ()))
 
     def _set_aside(self, tail: bytes, good_end: int, n_good: int) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -596,18 +684,26 @@ class RatingsLog:
             self._append_locked(rating)
 
     def _append_locked(self, rating: Rating) -> None:
-        rows = self._read_locked()
+        idx = self._refresh_locked()  # checks the file (a torn last line is set aside first), reads new rows only
         new = not self.path.exists() or self.path.stat().st_size == 0
         data = (_encode_row(CSV_COLUMNS) if new else b"") + _encode_row(rating.cells())
         with open(self.path, "ab") as f:
+            size = os.fstat(f.fileno()).st_size
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
             st = os.fstat(f.fileno())
         if new:
             _fsync_dir(self.path.parent)
+        with _INDEXES_LOCK:
+            if idx.file == (st.st_dev, st.st_ino) and idx.offset == size:
+                idx.add((rating,))
+                idx.offset = st.st_size
+            elif new:
+                idx.reset((st.st_dev, st.st_ino), st.st_size, (rating,))
         with self._cache_lock:
-            self._cache = (self._stat_key(st), rows + (rating,))
+            cached = self._cache
+            self._cache = (self._stat_key(st), cached[1] + (rating,)) if cached and cached[0][1] == size else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -675,11 +771,10 @@ class RaterSession:
         self.plan = rater_plan(study, self.rater)
         self.log = ratings
         self._lock = threading.Lock()
-        self._position = self._derive(self.log.read())
+        self._position = self._derive(self.log.done(self.study.study_id, self.rater))
 
-    def _derive(self, rows: Sequence[Rating]) -> int:
+    def _derive(self, done: frozenset[tuple[str, bool]]) -> int:
         """Index of the first planned (item, repeat) this rater has not rated yet (len(plan) when done)."""
-        done = {(r.item, bool(r.repeat)) for r in rows if r.study == self.study.study_id and r.rater == self.rater}
         for k, entry in enumerate(self.plan):
             if entry not in done:
                 return k
@@ -697,7 +792,7 @@ class RaterSession:
     def current(self) -> Optional[SessionItem]:
         """The item to rate now (re-read from the CSV, so other tabs are seen), or None when all are rated."""
         with self._lock:
-            self._position = self._derive(self.log.read())
+            self._position = self._derive(self.log.done(self.study.study_id, self.rater))
             return self._item(self._position)
 
     def _item(self, k: int) -> Optional[SessionItem]:
@@ -723,7 +818,7 @@ class RaterSession:
         n = len(self.plan)
         with self._lock, self.log.locked():  # check and append atomically, across threads and processes
             expected = self._position if position is None else int(position) - 1
-            actual = self._position = self._derive(self.log._read_locked())
+            actual = self._position = self._derive(self.log._done_locked(self.study.study_id, self.rater))
             if actual >= n:
                 raise RatingError(f"all {n} items of study {self.study.study_id} are rated by {self.rater}; thank you")
             if actual != expected:

@@ -313,6 +313,57 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def _fill_csv(path: Path, n: int, study: str = "old") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(R.CSV_COLUMNS)
+        for k in range(n):
+            w.writerow(["2026-01-01T00:00:00.000Z", study, f"r{k // 50}", "s", f"item_{k % 50:04d}", "real", "galaxy", "", "", 3, 0, "", ""])
+
+
+def test_a_rating_reads_only_the_rows_appended_since_the_last_one(study, tmp_path, monkeypatch):
+    """The cost of a rating must not grow with the CSV: after one full read, only appended bytes are parsed."""
+    home = tmp_path / "home"
+    path = R.default_ratings_path(home)
+    _fill_csv(path, 20_000)
+    full, tails = [], []
+    real_scan, real_tail = R._scan, R._parse_tail
+    monkeypatch.setattr(R, "_scan", lambda data, name: full.append(len(data)) or real_scan(data, name))
+    monkeypatch.setattr(R, "_parse_tail", lambda data: tails.append(len(data)) or real_tail(data))
+    s = R.start_or_resume(home, "s1", "erin")
+    assert len(full) <= 1  # the first look at the file (none when this process has indexed it already)
+    full.clear()
+    for _ in range(6):
+        item = s.current()
+        R.start_or_resume(home, "s1", "erin").rate(4, position=item.position, item_id=item.item_id)  # a new session object per click, as in the app
+    assert full == [], "a rating re-read the whole file"
+    assert max(tails, default=0) < 2_000, tails  # at most the rows appended since (none: this process wrote them), not 20,000
+    assert s.current().position == 7
+    # another process appends (under the lock): seen from the appended bytes alone
+    with open(path, "ab") as f:
+        f.write(R._encode_row(R.Rating("2026-01-01T00:00:00.000Z", "s1", "erin", s.session_id, s.plan[6][0], "real", "galaxy", "", "", 2,
+                                       int(s.plan[6][1]), None, "").cells()))
+    assert s.current().position == 8 and full == [] and 0 < tails[-1] < 2_000
+
+
+def test_the_index_notices_a_replaced_or_shortened_file(study, tmp_path):
+    home = tmp_path / "home"
+    path = R.default_ratings_path(home)
+    s = R.start_or_resume(home, "s1", "finn")
+    for _ in range(3):
+        s.rate(3)
+    assert s.current().position == 4
+    rows = R.read_ratings(path)
+    R.write_ratings(path, rows[:1])  # restored from a backup: a new file with fewer rows
+    assert s.current().position == 2
+    with open(path, "r+b") as f:  # shortened in place (a hand edit)
+        f.truncate(len(R._encode_row(R.CSV_COLUMNS)))
+    assert s.current().position == 1
+    s.rate(5)
+    assert [r.score for r in R.read_ratings(path)] == [5]
+
+
 def test_sigkill_mid_row_keeps_earlier_rows_and_sets_the_partial_line_aside(tmp_path):
     path = tmp_path / "ratings.csv"
     proc = subprocess.run([sys.executable, "-c", CHILD_CRASH, str(path)], cwd=REPO, timeout=60)
