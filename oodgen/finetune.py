@@ -7,7 +7,7 @@ loss (Ho et al. 2020): for x0 from the set, t ~ U{0..T-1} and eps ~ N(0, I),
 (:attr:`oodgen.models.FrozenDDPM.alphas_cumprod`, the linear betas of its scheduler config). The base
 model is never touched, in memory or on disk. Training stops after ``steps`` optimizer steps or a
 wall-clock budget, whichever comes first; it reports progress, polls a cancel callback and writes a
-checkpoint (weights, optimizer, RNG state, step, loss curve) every ``checkpoint_every`` steps and when
+checkpoint (weights, optimizer, RNG state, step, loss curve) every ``checkpoint_every`` steps, at the end and when
 cancelled, from which the same call resumes exactly (seeded: a resumed run ends with the weights of an
 uninterrupted one). The tuned model is saved as a diffusers folder (``unet/``, the base model's
 scheduler config, ``model_index.json``) with a record ``finetune.json`` (base model, data names and
@@ -220,7 +220,7 @@ def finetune(base: FrozenDDPM, x: torch.Tensor, settings: FinetuneSettings = Fin
         step += 1
         seconds += time.perf_counter() - t0
         losses.append(float(loss.detach()))
-        if folder is not None and step % settings.checkpoint_every == 0 and not done():
+        if folder is not None and (step % settings.checkpoint_every == 0 or done()):  # the last one: a rerun returns at once
             _save_checkpoint(folder, unet, opt, g, step, losses, seconds, key)
         if progress is not None:
             progress(step, total())
@@ -300,7 +300,8 @@ def read_record(folder: str | Path) -> dict:
 
 def as_frozen(result: FinetuneResult, base: FrozenDDPM, name: str) -> FrozenDDPM:
     """The tuned UNet as a :class:`FrozenDDPM` with the base model's schedule (to sample it without saving it first)."""
-    unet = result.unet.to(dtype=base.dtype).eval().requires_grad_(False)
+    unet = result.unet if next(result.unet.parameters()).dtype == base.dtype else result.unet.to(dtype=base.dtype)
+    unet.eval().requires_grad_(False)
     return FrozenDDPM(unet=unet, alphas_cumprod=base.alphas_cumprod, name=name, resolution=base.resolution, channels=base.channels,
                       device=base.device, dtype=base.dtype, prediction_type=base.prediction_type)
 

@@ -475,6 +475,55 @@ def start_generate(owner: str, run_id: str, n: int, name: str, settings: Generat
     return backend().jobs.submit("generate", owner, label, {"run": rec.id, "n": int(n), "name": name, "generation": settings.to_json()})
 
 
+def start_baseline(owner: str, run_id: str, n: int, name: str, method: str, *, alpha: float = 0.5, eta: float = 0.0, seed: int = 0,
+                   finetune: Any = None) -> Job:
+    """Queue a generated set by a baseline method from the images of run ``run_id``: ``pixel`` (crossfades of random pairs
+    at ``alpha``) or ``finetune`` (a copy of the run's model tuned with ``finetune``, a FinetuneSettings, then sampled
+    from its prior with the run's DDIM steps and ``eta``)."""
+    from .finetune import FinetuneSettings
+    from .generated import BASELINE_METHODS
+
+    rec = _run(owner, run_id)
+    if method not in BASELINE_METHODS:
+        raise UserError(f"method {method!r}: the baselines are {', '.join(BASELINE_METHODS)}")
+    limit = backend().limits.max_generate
+    if not 1 <= int(n) <= limit:
+        raise UserError(f"N = {n}: generate between 1 and {limit} samples at once (OODGEN_MAX_GENERATE)")
+    if rec.meta["n"] < 2:
+        raise UserError("the baselines need a run with at least 2 source images")
+    if name:
+        check_name(name, "name of the generated set")
+    try:
+        tasks.dataset_name(backend().ws, rec.meta.get("dataset") or "", owner)
+    except WorkspaceError:
+        raise UserError(f"the dataset that run '{rec.name}' inverted is gone, and the baselines need its images; invert the data again") from None
+    if method == "pixel":
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise UserError(f"alpha={alpha} must be in [0, 1]")
+        params = {"generation": {"method": "pixel", "alpha": float(alpha), "seed": int(seed)}}
+        label = f"generate {int(n)} from {rec.name} (pixel crossfade, alpha {float(alpha):g})"
+    else:
+        ft = finetune if finetune is not None else FinetuneSettings()
+        if float(eta) < 0:
+            raise UserError(f"eta={eta} must be >= 0")
+        params = {"generation": {"method": "finetune", "eta": float(eta), "seed": int(seed)}, "finetune": ft.to_json()}
+        budget = " or ".join(b for b in (f"{ft.steps} steps" if ft.steps else "", f"{ft.seconds / 60:g} min" if ft.seconds else "") if b)
+        label = f"generate {int(n)} from {rec.name} (fine-tuned {rec.meta.get('model')}, {budget})"
+    return backend().jobs.submit(method, owner, label, {"run": rec.id, "n": int(n), "name": name, **params})
+
+
+def finetune_settings(steps: Any, minutes: Any, seed: int = 0) -> Any:
+    """The :class:`oodgen.finetune.FinetuneSettings` of the batch panel: a step count and/or a time budget (0 or empty: none)."""
+    from .finetune import FinetuneSettings
+
+    try:
+        st = int(steps) if steps not in (None, "") and float(steps) > 0 else None
+        sec = float(minutes) * 60 if minutes not in (None, "") and float(minutes) > 0 else None
+        return FinetuneSettings(steps=st, seconds=sec, seed=int(seed))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"fine-tuning budget: {e}") from None
+
+
 def generated_choices(owner: str) -> list[tuple[str, str]]:
     return [(f"{r.label()} · {r.meta.get('generation', {}).get('method')} from {r.meta.get('run_name')}", r.id)
             for r in backend().ws.list("generated", owner)]
@@ -884,7 +933,8 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
         rec = _generated(owner, gid)
         files = sorted((rec.root / "images").glob("*.png"))
         method = rec.meta.get("generation", {}).get("method", "")
-        items += [StudyItem(f, "generated", method, rec.meta.get("model", "")) for f in files[:n]]
+        # a physical set is shown from its maps (in the data's units), with the real maps' stretch; the PNG stays the record
+        items += [StudyItem(f, "generated", method, rec.meta.get("model", ""), data=_physical_twin(f)) for f in files[:n]]
     if real_ref.startswith("bundled:"):
         from .bundled import SAMPLE_SETS
 
@@ -893,14 +943,32 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
         folder = backend().ws.get("datasets", real_ref, owner).root / "files"
     real = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in STUDY_SUFFIXES)
     items += [StudyItem(f, "real") for f in real[:n]]
+    study_id = (study_id or "").strip()
+    if study_id in study_choices():
+        raise UserError(f"a study with the id '{study_id}' already exists; choose another id")
     try:
-        study = ratings.create_study(_home(), (study_id or "").strip(), domain, items, instructions,
+        study = ratings.create_study(_home(), study_id, domain, items, instructions,
                                      float(repeat_fraction), display_size=int(display_size))
     except (ratings.RatingError, WorkspaceError) as e:
-        raise UserError(str(e)) from None
+        raise UserError(_public(str(e))) from None
     n_real = sum(e.source == "real" for e in study.items)
+    look = f"every item at {study.effective_resolution} px (the lowest source resolution), shown at {study.display_size} px"
+    if study.stretch is not None:
+        look += ", physical maps with one stretch fitted on the real ones"
     return (f"Created study **{study.study_id}**: {len(study.items)} items ({len(study.items) - n_real} generated, {n_real} real), "
-            f"{study.n_repeats} repeats per rater. Raters pick it in the Rate tab.")
+            f"{study.n_repeats} repeats per rater; {look}. Raters pick it in the Rate tab.")
+
+
+def _physical_twin(png: Path) -> Optional[Path]:
+    """The physical map ``physical/<name>.npy`` saved beside a generated set's ``images/<name>.png``, if there is one."""
+    npy = png.parent.parent / "physical" / f"{png.stem}.npy"
+    return npy if npy.is_file() else None
+
+
+def _public(message: str) -> str:
+    """A message for the page: the workspace's location on the server is not shown."""
+    home = str(_home())
+    return message.replace(home + os.sep, "").replace(home, "the workspace")
 
 
 @dataclass(frozen=True)

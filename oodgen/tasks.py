@@ -313,6 +313,84 @@ def run_generate(ctx: JobContext) -> str:
     return out.id
 
 
+def _run_sources(ws: Workspace, run: Record, owner: Optional[str]) -> list[Sample]:
+    """The source images of ``run`` in the order it inverted them (read again from its dataset)."""
+    report, ds_name = load_dataset(ws, run.meta["dataset"], owner)
+    by_name = {s.name: s for s in report.samples}
+    names = run.meta.get("names") or [s.name for s in report.samples]
+    samples = [by_name[nm] for nm in names if nm in by_name]
+    if len(samples) < 2:
+        raise ValueError(f"the dataset '{ds_name}' of run '{run.name}' no longer holds its images ({len(samples)} of {len(names)} found)")
+    return samples
+
+
+TUNED_DIR = ".model"  # the fine-tuned model inside a generated set (hidden: not zipped, not read as images)
+
+
+def run_baseline(ctx: JobContext) -> str:
+    """A generated set by a baseline method (job kind ``pixel`` or ``finetune``) from the images of a run.
+
+    params: run (id), n, name, generation ({method, alpha, seed} for pixel; {method, eta, seed, steps} for finetune),
+    finetune (FinetuneSettings JSON, finetune only). pixel: crossfades of seeded random pairs of the run's source
+    images (:mod:`oodgen.crossfade`). finetune: a copy of the run's model is tuned on them (checkpointed in the job's
+    folder, so a restarted job resumes) and sampled from its prior with the run's DDIM steps; the tuned model is kept
+    in the set's ``.model/``.
+    """
+    from . import finetune
+    from .crossfade import crossfade_set
+    from .latents import read_metadata
+
+    p, ws = ctx.params, ctx.workspace
+    rec = ws.get("runs", p["run"], ctx.job.owner)
+    settings, stretch, n = run_settings(rec), run_stretch(rec), int(p["n"])
+    g = dict(p.get("generation") or {})
+    method = g.get("method") or ctx.job.kind
+    ctx.progress(0, 0, "reading the source images")
+    samples = _run_sources(ws, rec, ctx.job.owner)
+    tuned: Optional[tuple] = None
+    if method == "pixel":
+        side = int(read_metadata(rec.root / LATENTS).get("resolution") or np.load(rec.root / THUMBS).shape[1])
+        rgb, physical, records = crossfade_set(samples, n, side, float(g.get("alpha", 0.5)), int(g.get("seed", 0)), stretch)
+        model_name = None
+    elif method == "finetune":
+        ft = finetune.FinetuneSettings(**(p.get("finetune") or {}))
+        model = get_model(rec.meta["model"])
+        model_name = model.name
+        x, _ = to_model_input(samples, model.resolution, model.channels, stretch)
+        steps = int(g.get("steps") or settings.steps)
+        sample_units = n * min(steps, model.num_train_timesteps - 1)
+        ft_units = ft.steps or 0
+        result = finetune.finetune(model, x, ft, checkpoint_dir=ctx.chunk_dir / "finetune", cancel=ctx.cancelled,
+                                   progress=lambda d, t: ctx.progress(d, t + sample_units, f"fine-tuning: step {d} / {t}"))
+        ft_units = result.steps
+        tuned_model = finetune.as_frozen(result, model, f"{model.name} fine-tuned")
+        images = finetune.sample(tuned_model, n, steps, float(g.get("eta", 0.0)), int(g.get("seed", 0)), settings.batch_size,
+                                 progress=lambda d, t: ctx.progress(ft_units + d, ft_units + t, "sampling the tuned model"), cancel=ctx.cancelled)
+        rgb, physical = model_output_images(images, stretch)
+        records = finetune.prior_records(n)
+        record = {**finetune.data_record(samples, stretch, rec.meta.get("kind") or samples[0].kind), "run": rec.id, "settings": ft.to_json()}
+        tuned = (result, model, record)
+        g = {"method": "finetune", "eta": float(g.get("eta", 0.0)), "seed": int(g.get("seed", 0)), "steps": steps}
+    else:
+        raise ValueError(f"unknown baseline method {method!r}; choose pixel or finetune")
+    manifest = {"method": method, **_generated_manifest(rec, model_name or rec.meta.get("model"), settings), "generation": g}
+    if tuned is not None:
+        manifest["finetune"] = {"steps": tuned[0].steps, "seconds": round(tuned[0].seconds, 3), "base_model": tuned[1].name,
+                                "settings": tuned[2]["settings"]}
+
+    def fill(tmp: Path) -> dict:
+        out = write_generated(tmp, rgb, physical, records, manifest, subfolders=True, write_manifest=False,
+                              unit=stretch.unit if stretch is not None else None)
+        if tuned is not None:
+            finetune.save_tuned(tuned[0], tuned[1], tmp / TUNED_DIR, tuned[2])
+        return out
+
+    out = ws.create("generated", p.get("name") or f"{rec.name} {method}", ctx.job.owner, fill)
+    shutil.rmtree(ctx.chunk_dir / "finetune", ignore_errors=True)
+    ctx.job.message = f"generated {n} samples ({method}) into '{out.name}'"
+    return out.id
+
+
 # ---------------------------------------------------------------- quality of a generated set
 QUALITY_DIR = ".quality"  # cache folder inside a generated set (hidden: reading the set's folder as images skips it)
 MIN_REAL = 10  # quality.evaluate splits the real set into two halves of at least 5 (the floor)
@@ -530,7 +608,7 @@ def _search_line(payload: dict) -> str:
 
 
 RUNNERS = {"invert": run_invert, "diagnose": run_diagnose, "sweep": run_sweep, "generate": run_generate, "quality": run_quality,
-           "search": run_search}
+           "search": run_search, "pixel": run_baseline, "finetune": run_baseline}
 
 
 def zip_generated(rec: Record, folder: Path) -> Path:
