@@ -18,12 +18,15 @@ import gradio as gr  # noqa: E402
 from oodgen import service, tasks  # noqa: E402
 from oodgen.config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.evaluation import SearchGrid  # noqa: E402
+from oodgen.finetune import FinetuneSettings  # noqa: E402
+from oodgen.generated import BASELINE_METHODS  # noqa: E402
 from oodgen.models import DEFAULT_MODEL, REGISTRY  # noqa: E402
 from oodgen.ratings import ACR_LABELS  # noqa: E402
 from oodgen.workspace import browser_secret, new_browser_key  # noqa: E402
 
 DDIM = DDIMSettings()
 GEN = GenerationSettings()
+FT = FinetuneSettings()
 SEARCH = SearchGrid()
 SEARCH_GRID_MORPH = 60  # statmorph images per cell at most (galaxy statistics), as the search command
 OAUTH = bool(os.environ.get("OAUTH_CLIENT_ID"))  # set by Hugging Face Spaces when the README says hf_oauth: true
@@ -208,14 +211,25 @@ def _whole(value, label: str) -> int:
 
 
 def on_gen_method(method, pairing):
-    """Show the batch options that apply: pairing, neighbours and alpha spread for slerp/lerp, clusters for gaussian."""
-    interp = method != "gaussian"
+    """Show the batch options that apply: pairing, neighbours and alpha spread for slerp/lerp, clusters for gaussian,
+    the fine-tuning budget for finetune."""
+    interp, gauss = method in ("slerp", "lerp"), method == "gaussian"
     return (gr.Radio(visible=interp), gr.Number(visible=interp and pairing == "nearest"), gr.Slider(visible=interp),
-            gr.Number(visible=not interp), gr.Checkbox(visible=not interp))
+            gr.Number(visible=gauss), gr.Checkbox(visible=gauss), gr.Number(visible=method == "finetune"),
+            gr.Number(visible=method == "finetune"))
 
 
 def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name,
-                noise=GEN.noise):
+                noise=GEN.noise, ft_steps=None, ft_minutes=None):
+    if method in BASELINE_METHODS:  # pixel crossfade, or fine-tuning a copy of the model (a background job with progress)
+        try:
+            ft = service.finetune_settings(ft_steps, ft_minutes, _whole(seed, "Seed")) if method == "finetune" else None
+            job = service.start_baseline(owner, run_id, _whole(n, "N samples"), (name or "").strip(), method, alpha=float(alpha),
+                                         eta=float(eta), seed=_whole(seed, "Seed"), finetune=ft)
+        except ValueError as e:
+            raise _err(e) from None
+        service.run_in_request(job)
+        return f"Queued **{job.label}**; the set appears in the list below when it is done.", service.jobs_html(owner)
     try:
         settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=_whole(seed, "Seed"), per_dim_variance=bool(per_dim),
                                       geometric_filter=bool(use_filter), filter_tolerance=float(tolerance), pairing=pairing,
@@ -521,8 +535,10 @@ def build() -> gr.Blocks:
             strip = gr.Gallery(label="Strip", columns=7, height=200, elem_classes="pixelated", elem_id="strip")
             with gr.Accordion("Batch generation into a named set", open=True):
                 with gr.Row():
-                    gen_method = gr.Radio(list(METHODS), value=GEN.method, label="Method", elem_id="gen_method",
-                                          info="slerp/lerp: pairs of samples interpolated at alpha; gaussian: draws from a Gaussian fitted to the run")
+                    gen_method = gr.Radio(list(METHODS) + list(BASELINE_METHODS), value=GEN.method, label="Method", elem_id="gen_method",
+                                          info="slerp/lerp: pairs of samples interpolated at alpha; gaussian: draws from a Gaussian fitted to the run; "
+                                               "baselines: pixel (crossfades of random pairs of the source images at alpha), finetune "
+                                               "(a copy of the model tuned on the run's images, then sampled from its prior)")
                     gen_n = gr.Number(value=16, precision=0, label="N samples", elem_id="gen_n")
                     gen_name = gr.Textbox(label="Set name", placeholder="galaxies slerp 0.5", elem_id="gen_name")
                 interp = GEN.method != "gaussian"
@@ -539,6 +555,10 @@ def build() -> gr.Blocks:
                     use_filter = gr.Checkbox(value=GEN.geometric_filter, label="Geometric filter (keep draws whose distances and angles match the run)")
                     tolerance = gr.Slider(0.01, 0.5, value=GEN.filter_tolerance, step=0.01, label="Filter tolerance")
                     per_dim = gr.Checkbox(value=GEN.per_dim_variance, label="Gaussian: per-dimension variance", visible=not interp)
+                    gen_ft_steps = gr.Number(value=FT.steps, precision=0, minimum=0, label="Fine-tuning steps", elem_id="gen_ft_steps",
+                                             visible=GEN.method == "finetune", info="optimizer steps (0: the time budget only)")
+                    gen_ft_minutes = gr.Number(value=0, minimum=0, label="Fine-tuning minutes", elem_id="gen_ft_minutes",
+                                               visible=GEN.method == "finetune", info="time budget (0: none); whichever ends first")
                     gen_noise = gr.Radio(list(NOISE_MODELS), value=GEN.noise, label="Noise model", elem_id="gen_noise",
                                          info="match: add white noise up to the source images' pixel (sky) noise, measured at inversion")
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
@@ -697,10 +717,12 @@ def build() -> gr.Blocks:
             control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")
         strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method], strip)
         for control in (gen_method, gen_pairing):
-            control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim],
+            control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim,
+                                                                      gen_ft_steps, gen_ft_minutes],
                            show_progress="hidden")
         gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim,
-                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise], [gen_note, jobs])
+                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise, gen_ft_steps, gen_ft_minutes],
+                      [gen_note, jobs])
         generated.change(on_generated, [owner, generated], [gen_gallery, gen_info])
         dl_btn.click(on_download, [owner, generated], dl_file)
 

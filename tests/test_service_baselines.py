@@ -72,3 +72,25 @@ def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_re
     q = jobs.wait(service.start_quality(owner, rec_ft.id, service.quality_settings("physical", n_boot=20)).id, 300)
     assert q.status == "done", q.message
     assert tasks.cached_quality(rec_ft)["summary"][1]["n"] == 5
+
+
+def test_batch_panel_offers_the_baselines_and_passes_their_settings(monkeypatch, tmp_path):
+    """No browser: the method radio lists pixel and finetune; on_generate sends them to start_baseline with the budget."""
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
+    import app
+
+    by_id = {b.elem_id: b for b in app.demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {"pixel", "finetune"} <= {c[1] if isinstance(c, tuple) else c for c in by_id["gen_method"].choices}
+    assert by_id["gen_ft_steps"].value == app.FinetuneSettings().steps and not by_id["gen_ft_steps"].visible
+    seen = []
+    monkeypatch.setattr(app.service, "start_baseline", lambda owner, run, n, name, method, **kw: seen.append((n, name, method, kw)) or
+                        type("J", (), {"label": "fake"})())
+    monkeypatch.setattr(app.service, "run_in_request", lambda job: None)
+    monkeypatch.setattr(app.service, "jobs_html", lambda owner: "")
+    app.on_generate("anon-a", "run-1", "finetune", 8, 0.5, 0.0, 3, False, 0.05, False, "nearest", 5, 0.0, 1, " tuned ", "match", 40, 1.5)
+    n, name, method, kw = seen[-1]
+    assert (n, name, method, kw["seed"], kw["finetune"].steps, kw["finetune"].seconds, kw["finetune"].seed) == (8, "tuned", "finetune", 3, 40, 90.0, 3)
+    app.on_generate("anon-a", "run-1", "pixel", 4, 0.3, 0.0, 0, False, 0.05, False, "nearest", 5, 0.0, 1, "")
+    assert seen[-1][2] == "pixel" and seen[-1][3]["alpha"] == 0.3 and seen[-1][3]["finetune"] is None
+    vis = app.on_gen_method("finetune", "nearest")
+    assert [v.visible for v in vis] == [False, False, False, False, False, True, True]
