@@ -430,9 +430,9 @@ def on_create_study(owner, token, study_id, domain, gen_ids, real_ref, n, instru
     try:
         if not service.ratings.is_admin(token):
             raise service.UserError("creating studies is for the study owner: enter the admin token")
-        note = service.create_study(owner, study_id, domain, gen_ids or [], real_ref, int(n), instructions, float(repeat))
-    except ValueError as e:
-        raise _err(e) from None
+        note = service.create_study(owner, study_id, domain, gen_ids or [], real_ref, _whole(n, "Items per source"), instructions, float(repeat))
+    except (ValueError, gr.Error) as e:  # said in the note, so that no error badge is left on the study lists
+        return f"**Study not created:** {getattr(e, 'message', e)}", gr.skip(), gr.skip()
     studies = service.study_choices()
     return note, _dd(studies, keep=study_id), _dd([""] + studies, keep=study_id)
 

@@ -153,6 +153,7 @@ class StudyItem:
     source: Source  # "real" reference or "generated"
     method: str = ""  # how it was generated (slerp, gaussian, clip-finetune, ...); "" for real data
     model: str = ""  # model that generated it; "" for real data
+    data: Optional[Path] = None  # render from this file instead (e.g. a generated set's physical .npy beside its PNG); path stays the record
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,9 @@ class Study:
     created: str  # UTC ISO 8601
     items: tuple[StudyEntry, ...]  # in blinded-id order
     root: Path  # the study folder
+    effective_resolution: Optional[int] = None  # every item was resampled to this many pixels a side (the lowest source's)
+    display_size: Optional[int] = None  # ... then shown at this size (pixel repetition above the effective resolution)
+    stretch: Optional[dict] = None  # the one display stretch of the physical items (Stretch.to_json), None for images
 
     @property
     def n_repeats(self) -> int:
@@ -199,7 +203,8 @@ class Study:
     def to_json(self) -> dict:
         return {"format": STUDY_FORMAT, "version": STUDY_VERSION, "study_id": self.study_id, "domain": self.domain,
                 "instructions": self.instructions, "repeat_fraction": self.repeat_fraction, "seed": self.seed,
-                "created": self.created, "items": [asdict(e) for e in self.items]}
+                "created": self.created, "effective_resolution": self.effective_resolution, "display_size": self.display_size,
+                "stretch": self.stretch, "items": [asdict(e) for e in self.items]}
 
 
 def _n_repeats(n: int, fraction: float) -> int:
@@ -220,27 +225,73 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _render_png(path: Path, display_size: Optional[int]) -> tuple[bytes, tuple[int, int]]:
-    """PNG bytes (RGB, no metadata) of the single image in ``path``, and its (width, height)."""
-    from PIL import Image
+MAX_STRETCH_FIT = 1024  # physical items a study's display stretch is fitted on (evenly spaced beyond that)
 
-    from .data import DataError, load_file, preview
 
+def _load_item(it: StudyItem):
+    """The one sample of a study item (from ``it.data`` when given)."""
+    from .data import DataError, load_file
+
+    path = Path(it.data) if it.data is not None else Path(it.path)
     try:
         samples = load_file(path)
     except (DataError, OSError) as e:
-        raise RatingError(f"cannot use {path} as a study item: {e}") from None
+        raise RatingError(f"cannot use {path.name} as a study item: {e}") from None
     if len(samples) != 1:
-        raise RatingError(f"{path} holds {len(samples)} images; a study item must be one image (split the stack into files)")
-    im = Image.fromarray(preview(samples[0]))
-    if display_size is not None and im.size != (display_size, display_size):
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-        im = im.resize((display_size, display_size), Image.Resampling.NEAREST if display_size > side else Image.Resampling.LANCZOS)
+        raise RatingError(f"{path.name} holds {len(samples)} images; a study item must be one image (split the stack into files)")
+    return samples[0]
+
+
+def _render_png(sample, stretch, effective: int, display_size: Optional[int]) -> tuple[bytes, tuple[int, int]]:
+    """PNG bytes (RGB, no metadata) of ``sample``: centre square, resampled to ``effective`` px, shown at ``display_size`` px."""
+    from PIL import Image
+
+    from .data import preview
+
+    im = Image.fromarray(preview(sample, stretch))
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    if side != effective:
+        im = im.resize((effective, effective), Image.Resampling.BOX)  # area average: what a coarser detector would record
+    out = display_size or effective
+    if out != effective:
+        im = im.resize((out, out), Image.Resampling.NEAREST if out > effective else Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue(), im.size
+
+
+def _study_look(study_id: str, items: Sequence[StudyItem]) -> tuple[int, Any]:
+    """(effective resolution, stretch) shared by all items: the lowest source resolution, one stretch for the physical maps.
+
+    The stretch is fitted on the real physical items (the reference look), or on all physical items
+    when none is real. Items of both kinds (physical maps and plain images) cannot share a stretch:
+    refused, with the fix.
+    """
+    from .data import DataError, fit_stretch
+
+    sides, physical, kinds = [], [], defaultdict(set)
+    for it in items:
+        sample = _load_item(it)
+        sides.append(min(sample.data.shape[:2]))
+        kinds[sample.kind].add(it.source)
+        if sample.kind == "physical":
+            physical.append((it.source, sample))
+    if len(kinds) > 1:
+        raise RatingError(f"study {study_id}: some items are physical maps ({'/'.join(sorted(kinds['physical']))}) and others plain "
+                          f"images ({'/'.join(sorted(kinds['image']))}), so they cannot be shown with one stretch; use the generated "
+                          "set's physical .npy maps (StudyItem.data) or PNG images for every source")
+    stretch = None
+    if physical:
+        ref = [x for src, x in physical if src == "real"] or [x for _, x in physical]
+        if len(ref) > MAX_STRETCH_FIT:
+            ref = [ref[round(k * (len(ref) - 1) / (MAX_STRETCH_FIT - 1))] for k in range(MAX_STRETCH_FIT)]
+        try:
+            stretch = fit_stretch(ref)
+        except DataError as e:
+            raise RatingError(f"study {study_id}: the physical items cannot share one stretch: {e}") from None
+    return min(sides), stretch
 
 
 def create_study(
@@ -258,8 +309,11 @@ def create_study(
 
     Every image is re-encoded as ``items/item_NNNN.png`` (RGB, no metadata, so neither the file
     name, the format nor embedded text reveals the source); ids are assigned in a seeded shuffled
-    order. ``display_size`` (pixels) centre-crops and resizes every item to one square size, so
-    that sizes do not give generated images away either. The folder appears complete or not at
+    order. Every item is centre-cropped to a square and resampled (area average) to the lowest
+    resolution among the items, so that sharpness does not give a source away, then shown at
+    ``display_size`` pixels (pixel repetition; default: that resolution). Physical maps are all
+    rendered with one stretch, fitted on the real ones. Both are recorded in ``study.json``
+    (``effective_resolution``, ``display_size``, ``stretch``). The folder appears complete or not at
     all. Raises :class:`RatingError` for bad input or an existing study.
     """
     study_id = validate_study_id(study_id)
@@ -294,6 +348,7 @@ def create_study(
     if final.exists():
         raise RatingError(f"study {study_id!r} already exists in {root}; choose another id (or delete {final})")
     root.mkdir(parents=True, exist_ok=True)
+    effective, stretch = _study_look(study_id, items)
     width = max(4, len(str(len(items))))
     order = sorted(range(len(items)), key=lambda k: hashlib.sha256(f"{seed}:{study_id}:ids:{k}".encode()).digest())
     tmp = Path(tempfile.mkdtemp(prefix=f".{study_id}.", suffix=".creating", dir=root))
@@ -301,7 +356,6 @@ def create_study(
         (tmp / ITEMS_DIR).mkdir()
         entries: list[StudyEntry] = []
         seen: dict[str, Path] = {}
-        sizes: dict[str, set] = defaultdict(set)
         for rank, k in enumerate(order, start=1):
             it = items[k]
             path = Path(it.path)
@@ -309,17 +363,14 @@ def create_study(
             if digest in seen:
                 raise RatingError(f"{path} and {seen[digest]} are the same image; each item must appear once (repeats are planned per rater)")
             seen[digest] = path
-            png, size = _render_png(path, display_size)
-            sizes[it.source].add(size)
+            png, _ = _render_png(_load_item(it), stretch, effective, display_size)
             item_id = f"item_{rank:0{width}d}"
             rel = f"{ITEMS_DIR}/{item_id}.png"
             (tmp / rel).write_bytes(png)
             entries.append(StudyEntry(item_id, rel, it.source, *labels[k], path.name, digest))
-        if len(sizes) == 2 and sizes["real"] != sizes["generated"]:
-            log.warning("study %s: real items are %s px and generated ones %s px; raters may tell them apart (set display_size)",
-                        study_id, sorted(sizes["real"]), sorted(sizes["generated"]))
         entries.sort(key=lambda e: e.item_id)
-        study = Study(study_id, domain, instructions, float(repeat_fraction), seed, _utc_now(), tuple(entries), final)
+        study = Study(study_id, domain, instructions, float(repeat_fraction), seed, _utc_now(), tuple(entries), final,
+                      effective, display_size, stretch.to_json() if stretch is not None else None)
         _atomic_write_text(tmp / STUDY_FILE, json.dumps(study.to_json(), indent=2, ensure_ascii=False))
         if final.exists():
             raise RatingError(f"study {study_id!r} was created meanwhile in {root}; choose another id")
@@ -327,8 +378,8 @@ def create_study(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("created study %s: %d items (%d real), %d repeats per rater, in %s", study_id, len(entries),
-             sum(e.source == "real" for e in entries), study.n_repeats, final)
+    log.info("created study %s: %d items (%d real), %d repeats per rater, at %d px shown at %s px, in %s", study_id, len(entries),
+             sum(e.source == "real" for e in entries), study.n_repeats, effective, display_size or effective, final)
     return study
 
 
@@ -355,7 +406,8 @@ def load_study(home: str | Path, study_id: str) -> Study:
         for e in entries:
             if e.source not in SOURCES or not re.fullmatch(r"item_\d+", e.item_id) or e.file != f"{ITEMS_DIR}/{e.item_id}.png":
                 raise ValueError(f"bad item {e.item_id!r}")
-        study = Study(study_id, d["domain"], d["instructions"], float(d["repeat_fraction"]), int(d["seed"]), d["created"], entries, root)
+        study = Study(study_id, d["domain"], d["instructions"], float(d["repeat_fraction"]), int(d["seed"]), d["created"], entries, root,
+                      d.get("effective_resolution"), d.get("display_size"), d.get("stretch"))
     except (ValueError, KeyError, TypeError) as e:
         raise RatingError(f"{path} is damaged ({e}); restore it from a backup or create the study again under a new id") from None
     if not entries:

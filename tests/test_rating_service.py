@@ -86,3 +86,40 @@ def test_a_score_for_an_item_not_on_screen_is_refused_and_not_recorded(backend):
         service.submit_rating("s1", "dee", nxt.position, 3, shown_item="")
     rows = R.read_ratings(R.default_ratings_path(backend.ws.home))
     assert [(r.item, r.score) for r in rows] == [(v.item_id, 4)]
+
+
+def _generated_set(ws, owner, n=3, physical=True):
+    """A generated set as the generation job writes it: images/gen_k.png and, for physical data, physical/gen_k.npy."""
+    import numpy as np
+
+    real = sorted((SAMPLES / "radiation").glob("*.npy"))
+
+    def fill(tmp):
+        (tmp / "images").mkdir()
+        if physical:
+            (tmp / "physical").mkdir()
+        for k in range(n):
+            m = 3.0 * np.load(real[k])  # brighter than the real maps
+            Image.fromarray((np.random.default_rng(k).random((32, 32, 3)) * 255).astype("uint8")).save(tmp / "images" / f"gen_{k:04d}.png")
+            if physical:
+                np.save(tmp / "physical" / f"gen_{k:04d}.npy", m.astype("float32"))
+        return {"n": n, "model": "oodgen-faces-32", "generation": {"method": "slerp"}}
+
+    return ws.create("generated", "bright maps", owner, fill)
+
+
+def test_a_study_from_the_app_shows_all_sources_alike_and_says_how(backend):
+    import numpy as np
+
+    rec = _generated_set(backend.ws, "anon-a")
+    note = service.create_study("anon-a", "rad-1", "radiation", [rec.id], "bundled:radiation", 3, "", 0.0, display_size=128)
+    study = R.load_study(backend.ws.home, "rad-1")
+    native = min(np.load(sorted((SAMPLES / "radiation").glob("*.npy"))[0]).shape[-2:])  # [band, y, x]; the maps are shown, not the PNGs
+    assert study.effective_resolution == native and study.display_size == 128 and study.stretch is not None
+    assert f"every item at {study.effective_resolution} px" in note and "one stretch" in note
+    gen = [np.asarray(Image.open(study.root / e.file)).mean() for e in study.items if e.source == "generated"]
+    real = [np.asarray(Image.open(study.root / e.file)).mean() for e in study.items if e.source == "real"]
+    assert min(gen) > max(real)  # rendered from the maps with the real maps' stretch: three times the flux looks brighter
+    with pytest.raises(service.UserError) as e:  # a duplicate id: a plain answer, no server path
+        service.create_study("anon-a", "rad-1", "radiation", [rec.id], "bundled:radiation", 3, "", 0.0)
+    assert "already exists" in str(e.value) and str(backend.ws.home) not in str(e.value) and "/" not in str(e.value)

@@ -1,6 +1,7 @@
 """Expert MOS studies: blinding, rater sessions, the crash-safe ratings CSV, summaries and the CLI."""
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -81,10 +82,46 @@ def test_study_is_blinded(study, tmp_path):
     assert set(seen_sources[:6]) == {"real", "generated"}  # references are mixed in, not shown as a block
 
 
-def test_sizes_that_give_the_source_away_are_warned_about(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="oodgen.ratings"):
-        make_study(tmp_path)
-    assert "raters may tell them apart" in caplog.text
+def test_every_item_is_shown_at_the_lowest_source_resolution(tmp_path):
+    """Real 64 px and generated 32 px items shown at 256 px: all must be 32 px pixels blown up (8 x 8 blocks), none sharper."""
+    src = tmp_path / "src"
+    src.mkdir()
+    items = [R.StudyItem(_png(src / f"r{k}.png", k, 64), "real") for k in range(3)]
+    items += [R.StudyItem(_png(src / f"g{k}.png", 50 + k, 32), "generated", "slerp", "m") for k in range(3)]
+    study = R.create_study(tmp_path / "home", "res", "galaxy", items, display_size=256)
+    for e in study.items:
+        a = np.asarray(Image.open(study.root / e.file))
+        assert a.shape == (256, 256, 3)
+        blocks = a.reshape(32, 8, 32, 8, 3)
+        assert (blocks == blocks[:, :1, :, :1]).all(), f"{e.source} item {e.item_id} has detail finer than 32 px"
+    saved = json.loads((study.root / "study.json").read_text())
+    assert (saved["effective_resolution"], saved["display_size"], saved["stretch"]) == (32, 256, None)
+    assert R.load_study(tmp_path / "home", "res").effective_resolution == 32
+    # without a display size the items come out at that resolution
+    small = make_study(tmp_path, study_id="small")  # real 20 px, generated 16 px
+    assert {Image.open(small.root / e.file).size for e in small.items} == {(16, 16)} and small.effective_resolution == 16
+
+
+def test_physical_items_share_one_stretch(tmp_path):
+    """A generated map three times as bright as a real one must look brighter (per-item stretches made them identical)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    maps = [np.exp(rng.normal(0, 1, (24, 24, 3))).astype(np.float32) for _ in range(4)]
+    for k, m in enumerate(maps):
+        np.save(src / f"real_{k}.npy", m)
+    png = _png(src / "gen_0.png", 9, 24)  # the generated set's PNG (the record) and its physical map (what is shown)
+    np.save(src / "gen_0.npy", 3.0 * maps[0])
+    items = [R.StudyItem(src / f"real_{k}.npy", "real") for k in range(4)]
+    items.append(R.StudyItem(png, "generated", "slerp", "m", data=src / "gen_0.npy"))
+    study = R.create_study(tmp_path / "home", "phys", "radiation", items, display_size=48)
+    by_origin = {e.origin: np.asarray(Image.open(study.root / e.file)).astype(float) for e in study.items}
+    assert by_origin["gen_0.png"].mean() > by_origin["real_0.npy"].mean() + 10
+    gen = next(e for e in study.items if e.source == "generated")
+    assert gen.origin_sha256 == hashlib.sha256(png.read_bytes()).hexdigest()  # traced by its PNG, as the Results tab does
+    assert study.stretch is not None and len(study.stretch["lo"]) == 3
+    with pytest.raises(R.RatingError, match="cannot be shown with one stretch"):  # physical real maps vs PNG generated images
+        R.create_study(tmp_path / "home", "mixed", "radiation", items[:4] + [R.StudyItem(png, "generated")])
 
 
 def test_create_study_refuses_bad_input(tmp_path, study):
