@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ratings, tasks, zerogpu
+from . import ratings, tasks, uploads, zerogpu
 from .config import DDIMSettings, GenerationSettings
 from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
@@ -128,9 +128,29 @@ def report_markdown(report: LoadReport, title: str = "") -> str:
     lines = [f"{head}Loaded **{len(s)}** samples" + (f" ({s[0].kind}{', ' + s[0].unit if s[0].unit else ''})" if s else "") + "."]
     if report.errors:
         lines.append(f"Skipped **{len(report.errors)}** file(s); the others were kept:")
-        lines += [f"- `{html.escape(name)}`: {html.escape(msg)}" for name, msg in report.errors[:50]]
-        if len(report.errors) > 50:
-            lines.append(f"- ... and {len(report.errors) - 50} more")
+        lines += _skipped_lines(report.errors)
+    return "\n".join(lines)
+
+
+def _skipped_lines(errors: Sequence[tuple[str, str]], limit: int = 50) -> list[str]:
+    """One Markdown bullet per skipped file: its name once, then why (messages that start with the name lose it)."""
+    out = [f"- `{html.escape(name)}`: {html.escape(msg[len(name) + 2:] if msg.startswith(name + ': ') else msg)}" for name, msg in errors[:limit]]
+    if len(errors) > limit:
+        out.append(f"- ... and {len(errors) - limit} more")
+    return out
+
+
+def upload_markdown(plan: "uploads.UploadPlan", saved_as: str = "") -> str:
+    """Exactly what an upload kept, skipped (with why) and left out as not data."""
+    head = f"Saved as dataset **{html.escape(saved_as)}**: kept" if saved_as else "Kept"
+    lines = [f"{head} **{len(plan.kept)}** sample(s), {html.escape(plan.look)}; only these are in the dataset (inverting it reads "
+             "exactly them)." if plan.kept else "Kept **no** samples."]
+    if plan.skipped:
+        lines.append(f"Skipped **{len(plan.skipped)}** (not saved in the dataset):")
+        lines += _skipped_lines(plan.skipped)
+    if plan.ignored:
+        shown = ", ".join(f"`{html.escape(n)}`" for n in plan.ignored[:20]) + (f" and {len(plan.ignored) - 20} more" if len(plan.ignored) > 20 else "")
+        lines.append(f"Not data, left out: {shown}.")
     return "\n".join(lines)
 
 
@@ -154,16 +174,20 @@ def upload_dataset(owner: str, name: str, files: Sequence[str], shared: bool = F
         raise UserError("no files chosen: drop images, FITS, .npy/.npz files or a zip on the upload box")
     if len(files) > limits.max_files:
         raise UserError(f"{len(files)} files is more than this app takes at once ({limits.max_files}); zip them, or raise OODGEN_MAX_FILES")
-    report = load_paths(files, max_files=limits.max_images)
-    if not report.samples:
-        raise UserError(report_markdown(report) + "\n\nNone of the files held a usable image; see the reasons above.")
-    if len(report.samples) > limits.max_images:
-        raise UserError(f"the upload holds {len(report.samples)} images, more than {limits.max_images}; split it, or raise OODGEN_MAX_IMAGES")
+    plan = uploads.plan_upload(files)
+    if not plan.kept:
+        raise UserError(upload_markdown(plan) + "\n\nNone of the files held a usable image, so nothing was saved; see the reasons above.")
+    if len(plan.kept) > limits.max_images:
+        raise UserError(f"the upload holds {len(plan.kept)} images, more than {limits.max_images}; split it, or raise OODGEN_MAX_IMAGES")
     try:
-        rec = tasks.save_dataset(backend().ws, owner, name or Path(files[0]).stem, files, report, shared=shared)
+        shown = gallery(plan.kept)  # before saving: a dataset that cannot be shown is not saved
+    except ValueError as e:
+        raise UserError(f"{e}\n\nNothing was saved.") from None
+    try:
+        rec = uploads.save_upload(backend().ws, owner, name or Path(files[0]).stem, plan, shared=shared)
     except WorkspaceError as e:
-        raise UserError(str(e)) from None
-    return rec.id, gallery(report.samples), report_markdown(report, rec.name) + f"\n\nSaved as dataset **{html.escape(rec.name)}**" + (" (shared with all users)." if shared else " (only you see it).")
+        raise UserError(f"{e}; nothing was saved") from None
+    return rec.id, shown, upload_markdown(plan, rec.name) + (" Shared with all users." if shared else " Only you see it.")
 
 
 # ---------------------------------------------------------------- jobs
