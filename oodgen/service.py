@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ratings, tasks, uploads, zerogpu
+from . import ratings, scratch, tasks, uploads, zerogpu
 from .config import DDIMSettings, GenerationSettings
 from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
@@ -273,6 +273,9 @@ def start_invert(owner: str, dataset_ref: str, model_name: str, settings: DDIMSe
     if name:
         check_name(name, "run name")
     model = get_model(model_name)  # fails here, with the loading message, rather than in the job
+    top = model.num_train_timesteps - 1
+    if not 1 <= settings.t_end <= top:  # refused, never clamped: the run must be what was asked for
+        raise UserError(f"t_end {settings.t_end} is outside {model.name}'s schedule (1 to {top}); pick a value in that range")
     label = f"invert {ds} with {model.name} (t={settings.t_end}, {settings.steps} steps)"
     return backend().jobs.submit("invert", owner, label, {"dataset": dataset_ref, "model": model_name,
                                                            "settings": settings.to_json(), "name": name})
@@ -583,7 +586,7 @@ def generated_summary(owner: str, gen_id: Optional[str]) -> str:
 def download_generated(owner: str, gen_id: str) -> str:
     """Path of a zip of the set (in a private temp folder that Gradio may serve)."""
     rec = _generated(owner, gen_id)
-    return str(tasks.zip_generated(rec, Path(tempfile.mkdtemp(prefix="oodgen-dl-"))))
+    return str(tasks.zip_generated(rec, scratch.new_folder("dl")))  # removed after use (oodgen.scratch)
 
 
 # ---------------------------------------------------------------- quality of generated sets
@@ -1091,7 +1094,7 @@ def export_results(token: Optional[str], study_id: Optional[str] = None) -> list
     """Paths of groups.csv, raters.csv, summary.json and the raw ratings.csv (owner only)."""
     rows = _owner_ratings(token, study_id, "the export is for the study owner: enter the admin token")
     s = ratings.summarize(rows)
-    out = Path(tempfile.mkdtemp(prefix="oodgen-mos-"))
+    out = scratch.new_folder("mos")  # removed after use (oodgen.scratch)
     tag = f"_{study_id}" if study_id else ""
     (out / f"mos_groups{tag}.csv").write_text(s.to_csv("groups"), encoding="utf-8")
     (out / f"mos_raters{tag}.csv").write_text(s.to_csv("raters"), encoding="utf-8")

@@ -1,0 +1,46 @@
+"""Housekeeping: temporary export folders removed after use, out-of-range numbers refused (no browser)."""
+
+import os
+import time
+
+import pytest
+
+from oodgen import ratings as R
+from oodgen import scratch, service
+from oodgen.config import DDIMSettings
+from tests.conftest import SAMPLES, require_bundled_model
+
+
+@pytest.fixture
+def backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(service, "_BACKEND", None)
+    b = service.backend()
+    yield b
+    monkeypatch.setattr(service, "_BACKEND", None)
+
+
+def test_export_folders_are_removed_after_use(backend, tmp_path, monkeypatch):
+    """Every export left a /tmp/oodgen-mos-* folder behind for the life of the machine."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(scratch, "_ROOT", None)
+    items = [R.StudyItem(p, "real") for p in sorted((SAMPLES / "galaxy").glob("*.png"))[:2]]
+    items += [R.StudyItem(p, "generated", "slerp", "m") for p in sorted((SAMPLES / "faces").glob("*.png"))[:2]]
+    R.create_study(backend.ws.home, "s1", "galaxy", items, repeat_fraction=0.0)
+    first = service.export_results(None, "s1")
+    assert all(os.path.isfile(f) for f in first)
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [scratch._root().name]  # one root, not a folder per export
+    old = os.path.dirname(first[0])
+    stale = time.time() - scratch.KEEP_S - 60
+    os.utime(old, (stale, stale))  # Gradio copied the files long ago
+    second = service.export_results(None, "s1")
+    assert not os.path.exists(old) and all(os.path.isfile(f) for f in second)
+    assert len(list(scratch._root().iterdir())) == 1
+
+
+def test_t_end_outside_the_schedule_is_refused_not_clamped(backend):
+    require_bundled_model()
+    with pytest.raises(service.UserError, match=r"t_end 5000 is outside oodgen-faces-32's schedule \(1 to 999\)"):
+        service.start_invert("anon-a", "bundled:galaxy", "oodgen-faces-32", DDIMSettings(5000, 50, 32))
+    assert backend.jobs.jobs("anon-a") == []  # nothing queued
