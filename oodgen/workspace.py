@@ -92,7 +92,17 @@ def owner_from_key(key: Optional[str]) -> str:
 
 
 def owner_from_login(username: str) -> str:
-    return "hf-" + slug(username)
+    """The owner id of a Hugging Face login: ``hf-<name>``, distinct for distinct user names.
+
+    A name that is already lowercase letters, digits and '-' (at most 40) keeps that id (case is
+    ignored, as Hugging Face user names are unique regardless of case). Any other name (with '.',
+    '_', other characters, or longer) gets its slug plus '_' and 16 hex digits of its SHA-256: no
+    plain id has a '_', so 'a_b', 'a.b' and 'a-b' no longer share one owner.
+    """
+    s = slug(username)
+    if s == username.lower():
+        return "hf-" + s
+    return f"hf-{s}_{hashlib.sha256(username.lower().encode()).hexdigest()[:16]}"
 
 
 def new_browser_key() -> str:

@@ -97,3 +97,15 @@ def test_browser_secret_is_made_once_private_and_survives_restarts(tmp_path, mon
     monkeypatch.setenv(SECRET_ENV, "short")
     with pytest.raises(WorkspaceError, match="at least 16"):
         browser_secret(tmp_path)
+
+
+def test_hugging_face_names_map_to_distinct_owners():
+    from oodgen.workspace import ID_RE, owner_from_login
+
+    names = ["a-b", "a_b", "a.b", "A.B", "x" * 41, "x" * 40, "émile", "emile"]
+    owners = [owner_from_login(n) for n in names]
+    assert owners[0] == "hf-a-b" and owner_from_login("Alice") == owner_from_login("alice") == "hf-alice"  # plain names keep their id
+    assert owners[2] == owners[3]  # the same Hugging Face account (names are unique regardless of case)
+    distinct = [o for k, o in enumerate(owners) if k != 3]
+    assert len(set(distinct)) == len(distinct), owners  # before: a_b, a.b and a-b were one owner, and so were the x's
+    assert all(ID_RE.fullmatch(o) for o in owners)
