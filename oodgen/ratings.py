@@ -71,7 +71,8 @@ STRAIGHT_LINER_MAX_SHARE = 0.9  # ... whose most used score exceeds this share (
 ADMIN_TOKEN_ENV = "OODGEN_ADMIN_TOKEN"
 
 _STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that neutralizing is reversible
+# "'" too, so that neutralizing is reversible; the full-width signs, which some spreadsheets also take as a formula start
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # bytes that were not UTF-8 (decoded with surrogateescape)
 _TEXT_CELLS = frozenset(("study", "rater", "session", "item", "source", "domain", "method", "model", "comment"))
 
@@ -135,13 +136,18 @@ def validate_score(score: Any) -> int:
 
 
 def neutralize(cell: str) -> str:
-    """Prefix ``'`` to a cell a spreadsheet would run as a formula (``= + - @``, tab, CR; and ``'`` to stay reversible)."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+    """Prefix ``'`` to every line of a cell that a spreadsheet would run as a formula.
+
+    A line is prefixed when it starts with ``= + - @``, their full-width forms (U+FF1D, U+FF0B,
+    U+FF0D, U+FF20), tab or CR, or ``'`` (so that :func:`unneutralize` is exact). Every line, not
+    only the first: a tool that splits a multi-line cell into rows would otherwise run its later lines.
+    """
+    return "\n".join("'" + line if line.startswith(_FORMULA_START) else line for line in cell.split("\n"))
 
 
 def unneutralize(cell: str) -> str:
     """The original text of a cell written by :func:`neutralize`."""
-    return cell[1:] if cell.startswith("'") else cell
+    return "\n".join(line[1:] if line.startswith("'") else line for line in cell.split("\n"))
 
 
 # ---------------------------------------------------------------- studies

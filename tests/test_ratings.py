@@ -262,6 +262,22 @@ def test_formula_like_cells_are_neutralized(study, tmp_path):
     assert [R.neutralize(c) for c in ("\tx", "\rx", "ok", "3")] == ["'\tx", "'\rx", "ok", "3"]
 
 
+def test_multi_line_and_full_width_formulas_are_neutralized(study, tmp_path):
+    """A comment whose second line is a formula, and the full-width signs, were written as they came."""
+    home = tmp_path / "home"
+    evil = ["fine\n=HYPERLINK(\"http://evil\")", "\uff1dSUM(A1)", "\uff0b1", "\uff0d1", "\uff20A1", "a\n'b\n+c", "ok\nplain"]
+    s = R.start_or_resume(home, "s1", "\uff1dgina")
+    for k, text in enumerate(evil):
+        s.rate(3, comment=text)
+    raw = _csv_rows(home / "ratings" / "ratings.csv")[1:]
+    starts = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+    for cells in raw:
+        for cell in cells:
+            assert not any(line.startswith(starts) for line in cell.split("\n")), cell
+    assert raw[0][2] == "'\uff1dgina" and raw[-1][-1] == "ok\nplain"
+    assert [r.comment for r in R.read_ratings(home / "ratings" / "ratings.csv")] == evil  # exactly reversible
+
+
 # ---------------------------------------------------------------- concurrency and crashes
 CHILD_RATER = r"""
 import os, sys, time
