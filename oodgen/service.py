@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -202,14 +203,29 @@ def _eta(seconds: Optional[float]) -> str:
     return f"ETA {s // 60}:{s % 60:02d}"
 
 
+JOBS_SHOWN_S = 3600.0  # a finished, failed or cancelled job leaves the Jobs panel this long after it ended (its records stay)
+
+
+def _ended_long_ago(job: Job, now: Optional[float] = None) -> bool:
+    if job.status in ACTIVE or not job.finished:
+        return False
+    try:
+        ended = datetime.fromisoformat(job.finished.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return (now if now is not None else time.time()) - ended > JOBS_SHOWN_S
+
+
 def jobs_html(owner: str, limit: int = 6) -> str:
-    """Progress bars of the owner's latest jobs (HTML; safe: user text is escaped)."""
+    """Progress bars of the owner's latest jobs, without those that ended over an hour ago (HTML; user text is escaped)."""
     b = backend()
-    jobs = b.jobs.jobs(owner)[:limit]
+    every = b.jobs.jobs(owner)
+    jobs = [j for j in every if not _ended_long_ago(j)][:limit]
     note = b.jobs.worker_note()  # another app process on this workspace runs the jobs
     note_html = f"<div class='oodgen-worker-note'><i>{html.escape(note)}</i></div>" if note else ""
     if not jobs:
-        return f"<div class='oodgen-jobs'><i>No jobs yet. Start an inversion in the Invert tab.</i>{note_html}</div>"
+        none = "No jobs in the last hour." if every else "No jobs yet."
+        return f"<div class='oodgen-jobs'><i>{none} Start an inversion in the Invert tab.</i>{note_html}</div>"
     rows = []
     for j in jobs:
         pct = int(100 * j.fraction)

@@ -44,3 +44,23 @@ def test_t_end_outside_the_schedule_is_refused_not_clamped(backend):
     with pytest.raises(service.UserError, match=r"t_end 5000 is outside oodgen-faces-32's schedule \(1 to 999\)"):
         service.start_invert("anon-a", "bundled:galaxy", "oodgen-faces-32", DDIMSettings(5000, 50, 32))
     assert backend.jobs.jobs("anon-a") == []  # nothing queued
+
+
+def test_finished_jobs_leave_the_jobs_panel_after_an_hour(backend, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from oodgen.jobs import Job
+
+    def ago(minutes):
+        return (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    jobs = [Job("j-run", "invert", "anon-a", "still running", {}, status="running"),
+            Job("j-new", "invert", "anon-a", "finished just now", {}, status="done", finished=ago(5)),
+            Job("j-old", "invert", "anon-a", "finished yesterday", {}, status="done", finished=ago(24 * 60)),
+            Job("j-bad", "invert", "anon-a", "failed two hours ago", {}, status="failed", finished=ago(120))]
+    monkeypatch.setattr(backend.jobs, "jobs", lambda owner: jobs)
+    panel = service.jobs_html("anon-a")
+    assert "still running" in panel and "finished just now" in panel
+    assert "finished yesterday" not in panel and "failed two hours ago" not in panel
+    del jobs[:2]
+    assert "No jobs in the last hour" in service.jobs_html("anon-a")
