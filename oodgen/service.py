@@ -9,6 +9,7 @@ what a user sees is filtered by their owner id.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import html
 import json
@@ -114,12 +115,40 @@ def upscale(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
     return np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
-def gallery(samples: Sequence[Sample], limit: int = 60) -> list[tuple[np.ndarray, str]]:
-    """(uint8 image, caption) pairs for a preview; physical data share one fitted per-band asinh stretch."""
+_SERVED = Path(tempfile.mkdtemp(prefix="oodgen-served-"))  # images handed to Gradio by content (never the workspace)
+atexit.register(shutil.rmtree, _SERVED, True)
+
+
+def image_file(rgb: np.ndarray) -> str:
+    """A PNG file of the uint8 image ``rgb`` for Gradio to serve: named by its content, written once, never rewritten.
+
+    Returning the array instead makes Gradio write it to one cache file per content on every
+    request, so two visitors shown the same image (a bundled set's preview) can fetch it while it
+    is being rewritten and get it cut. A file here is complete when it appears (atomic rename).
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    target = _SERVED / digest[:2] / f"{digest}.png"
+    if not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)
+
+
+def gallery(samples: Sequence[Sample], limit: int = 60) -> list[tuple[str, str]]:
+    """(image file, caption) pairs for a preview (files from :func:`image_file`); physical data share one fitted per-band asinh stretch."""
     if not samples:
         return []
     stretch = fit_stretch(samples) if samples[0].kind == "physical" else None
-    return [(upscale(preview(s, stretch), 128), s.name) for s in samples[:limit]]
+    return [(image_file(upscale(preview(s, stretch), 128)), s.name) for s in samples[:limit]]
 
 
 def report_markdown(report: LoadReport, title: str = "") -> str:
@@ -1027,6 +1056,7 @@ class RateView:
 
 
 _RATE_FILES = Path(tempfile.mkdtemp(prefix="oodgen-rate-"))  # copies of study items that Gradio may serve (never the workspace)
+atexit.register(shutil.rmtree, _RATE_FILES, True)
 _RATE_FILES_LOCK = threading.Lock()
 
 

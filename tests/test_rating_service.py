@@ -123,3 +123,36 @@ def test_a_study_from_the_app_shows_all_sources_alike_and_says_how(backend):
     with pytest.raises(service.UserError) as e:  # a duplicate id: a plain answer, no server path
         service.create_study("anon-a", "rad-1", "radiation", [rec.id], "bundled:radiation", 3, "", 0.0)
     assert "already exists" in str(e.value) and str(backend.ws.home) not in str(e.value) and "/" not in str(e.value)
+
+
+def test_data_previews_are_files_written_once(backend, monkeypatch):
+    """Everyone opening a bundled set gets the same previews: as arrays, Gradio rewrote each one's cache file per request."""
+    import gradio as gr
+    from gradio import processing_utils
+
+    first, _ = service.show_dataset("anon-a", "bundled:galaxy")
+    again, _ = service.show_dataset("anon-b", "bundled:galaxy")
+    assert first == again and all(isinstance(p, str) and p.endswith(".png") for p, _ in first)
+    rewrites = []
+    real_write = pathlib.Path.write_bytes
+    monkeypatch.setattr(pathlib.Path, "write_bytes", lambda self, data: (rewrites.append(str(self)) if self.exists() else None)
+                        or real_write(self, data))
+    gal = gr.Gallery()
+    errors = []
+
+    def serve():
+        try:
+            data = processing_utils.move_files_to_cache(gal.postprocess(first[:10]), gal, postprocess=True)
+            for item in data:
+                with Image.open(item["image"]["path"]) as im:
+                    im.load()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=serve) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert not rewrites, rewrites[:3]
