@@ -21,8 +21,6 @@ import copy
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,9 +264,9 @@ def save_tuned(result: FinetuneResult, base: FrozenDDPM, out: str | Path, record
     out = Path(out)
     if out.exists() and not (out / RECORD).is_file() and any(out.iterdir()):
         raise FinetuneError(f"{out} exists and is not a fine-tuned model folder; pass a new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from .latents import atomic_dir
+
+    def fill(tmp: Path) -> None:
         result.unet.save_pretrained(tmp / "unet")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(base), indent=1))
@@ -279,12 +277,8 @@ def save_tuned(result: FinetuneResult, base: FrozenDDPM, out: str | Path, record
                "loss": [round(v, 6) for v in result.losses], "oodgen": __version__, "torch": torch.__version__,
                "device": str(base.device), **(record or {})}
         (tmp / RECORD).write_text(json.dumps(rec, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out, fill)
     log.info("saved the fine-tuned model (%d steps, %.0f s) to %s", result.steps, result.seconds, out)
     return out
 

@@ -46,6 +46,24 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def atomic_dir(final: Path, fill: Any) -> None:
+    """Call ``fill(tmp_folder)`` on a hidden temporary folder next to ``final`` and rename it into place (replacing an
+    old ``final``); a crash leaves no half-written folder."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _full_meta(meta: dict[str, Any], shape: Iterable[int]) -> str:
     full = {"oodgen_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
     full["shape"] = list(shape)

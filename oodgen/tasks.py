@@ -29,7 +29,7 @@ from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, list_files, load_paths, to_model_input, to_uint8_rgb
 from .generated import draw_records, model_output_images, write_generated
 from .jobs import JobContext
-from .latents import inversion_metadata, load_latents, save_latents_from_parts, source_noise
+from .latents import atomic_dir, inversion_metadata, load_latents, save_latents_from_parts, source_noise
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError, write_json
 
@@ -201,18 +201,7 @@ def _id_reference(model: FrozenDDPM, reference: str, t_values: Sequence[int], se
 
 def _write_dir(final: Path, fill) -> None:
     """Fill a hidden temp folder next to ``final`` and rename it into place (replacing an old one)."""
-    import tempfile
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        fill(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_dir(final, fill)
 
 
 def run_diagnose(ctx: JobContext) -> str:

@@ -59,3 +59,16 @@ def tiny_flat_dir(tmp_path_factory) -> Path:
 def require_bundled_model():
     if not (BUNDLED_MODEL / "unet" / "config.json").is_file():
         pytest.fail(f"the bundled model is missing at {BUNDLED_MODEL}; run scripts/train_default_model.py")
+
+
+@pytest.fixture
+def service_backend(tmp_path, monkeypatch):
+    """The app's service backend (workspace + job queue) on a fresh OODGEN_HOME in tmp_path; its worker is closed afterwards."""
+    from oodgen import service
+
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
+    monkeypatch.setattr(service, "_BACKEND", None)
+    b = service.backend()
+    yield b
+    b.jobs.close()
+    monkeypatch.setattr(service, "_BACKEND", None)

@@ -180,3 +180,21 @@ def test_finetune_and_pixel_sets_load_in_a_mos_study_and_in_evaluate(tmp_path, c
                      "--workers", "1", "--json", str(js)]) == 0
         summary = json.loads(js.read_text())["summary"]
         assert [r["label"] for r in summary][1] == folder.name and summary[1]["n"] == 6
+
+
+def test_pixel_with_latents_takes_the_inverted_sources_in_their_order_and_resolution(tmp_path):
+    require_bundled_model()
+    z = tmp_path / "faces.safetensors"
+    assert main(["-q", "invert", "--input", str(SAMPLES / "faces"), "--out", str(z), "--model", str(BUNDLED_MODEL), "--steps", "3",
+                 "--t-end", "300"]) == 0
+    from oodgen.latents import read_metadata
+
+    order = [s["name"] for s in read_metadata(z)["sources"]]
+    out = tmp_path / "pix"
+    assert main(["-q", "generate", "--method", "pixel", "--input", str(SAMPLES / "faces"), "--latents", str(z), "--n", "6", "--out", str(out)]) == 0
+    m = json.loads((out / "generated.json").read_text())
+    assert m["resolution"] == 32 and m["latents"] == str(z)
+    assert all(order[s["i"]] == s["source_i"] and order[s["j"]] == s["source_j"] for s in m["samples"])  # i, j index the latent file
+    # other images than the inverted ones: one clear error
+    assert main(["-q", "generate", "--method", "pixel", "--input", str(SAMPLES / "faces_train"), "--latents", str(z), "--n", "2",
+                 "--out", str(tmp_path / "bad")]) == 2

@@ -9,21 +9,11 @@ import pytest
 from oodgen import ratings, service, tasks
 
 
-@pytest.fixture
-def backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
-    monkeypatch.setattr(service, "_BACKEND", None)
-    b = service.backend()
-    yield b
-    b.jobs.close()
-    monkeypatch.setattr(service, "_BACKEND", None)
-
-
-def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_read(backend, tmp_path):
+def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_read(service_backend, tmp_path):
     from tests.conftest import SAMPLES, require_bundled_model
 
     require_bundled_model()
-    owner, jobs = "anon-a", backend.jobs
+    owner, jobs = "anon-a", service_backend.jobs
     inv = jobs.wait(service.start_invert(owner, "bundled:radiation", "oodgen-faces-32", service.DDIMSettings(900, 5, 8), "dust run").id, 300)
     assert inv.status == "done", inv.message
     with pytest.raises(service.UserError, match="the baselines are pixel, finetune"):
@@ -33,7 +23,7 @@ def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_re
 
     pix = jobs.wait(service.start_baseline(owner, inv.result, 5, "dust pixel", "pixel", alpha=0.5, seed=1).id, 300)
     assert pix.status == "done", pix.message
-    rec = backend.ws.get("generated", pix.result, owner)
+    rec = service_backend.ws.get("generated", pix.result, owner)
     assert rec.meta["generation"]["method"] == "pixel" and rec.meta["unit"] == "MJy/sr" and len(rec.meta["samples"]) == 5
     for s in rec.meta["samples"]:  # the map is the mean of the recorded pair of source maps (64 x 64 at the model's 32: resampled alike)
         assert s["method"] == "pixel" and s["alpha"] == 0.5 and s["i"] != s["j"]
@@ -54,20 +44,20 @@ def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_re
     assert "fine-tuned oodgen-faces-32, 4 steps" in job.label
     job = jobs.wait(job.id, 600)
     assert job.status == "done", job.message
-    rec_ft = backend.ws.get("generated", job.result, owner)
+    rec_ft = service_backend.ws.get("generated", job.result, owner)
     assert rec_ft.meta["generation"]["method"] == "finetune" and rec_ft.meta["finetune"]["steps"] == 4
     assert len(list((rec_ft.root / "physical").glob("*.npy"))) == 5
     record = json.loads((rec_ft.root / tasks.TUNED_DIR / "finetune.json").read_text())
     assert record["base_model"] == "oodgen-faces-32" and record["n_images"] == 64 and len(record["loss"]) == 4
-    assert not (backend.ws.job_dir(job.id) / "finetune").exists()  # the checkpoints go once the set is saved
+    assert not (service_backend.ws.job_dir(job.id) / "finetune").exists()  # the checkpoints go once the set is saved
     with zipfile.ZipFile(tasks.zip_generated(rec_ft, tmp_path / "dl")) as zf:
         assert not [n for n in zf.namelist() if ".model" in n]  # the tuned weights are not in the set's download
     assert "finetune" in service.generated_summary(owner, rec_ft.id)
 
-    # the study records each set's method (real PNG faces as the reference: a study shows one kind of picture)
-    note = service.create_study(owner, "dust-baselines", "radiation", [pix.result, rec_ft.id], "bundled:faces", 3, "", 0.0)
+    # the study records each set's method
+    note = service.create_study(owner, "dust-baselines", "radiation", [pix.result, rec_ft.id], "bundled:radiation", 3, "", 0.0)
     assert "Created study" in note
-    methods = {(e.source, e.method) for e in ratings.load_study(backend.ws.home, "dust-baselines").items}
+    methods = {(e.source, e.method) for e in ratings.load_study(service_backend.ws.home, "dust-baselines").items}
     assert {("generated", "pixel"), ("generated", "finetune"), ("real", "")} <= methods
     q = jobs.wait(service.start_quality(owner, rec_ft.id, service.quality_settings("physical", n_boot=20)).id, 300)
     assert q.status == "done", q.message

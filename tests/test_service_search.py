@@ -6,17 +6,7 @@ import pytest
 from oodgen import service, tasks
 
 
-@pytest.fixture
-def backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
-    monkeypatch.setattr(service, "_BACKEND", None)
-    b = service.backend()
-    yield b
-    b.jobs.close()
-    monkeypatch.setattr(service, "_BACKEND", None)
-
-
-def test_search_grid_and_source_errors_name_the_problem(backend):
+def test_search_grid_and_source_errors_name_the_problem(service_backend):
     with pytest.raises(service.UserError, match="t_end values: enter one or more numbers"):
         service.search_grid("", "0", ["random"], ["none"], 8)
     with pytest.raises(service.UserError, match="eta values"):
@@ -31,16 +21,16 @@ def test_search_grid_and_source_errors_name_the_problem(backend):
         service.start_search("anon-a", "", "oodgen-faces-32", grid)
     with pytest.raises(service.UserError, match="pick one from the list"):
         service.start_search("anon-a", "run:no-such-run", None, grid)
-    assert backend.jobs.jobs("anon-a") == []
+    assert service_backend.jobs.jobs("anon-a") == []
     assert service.search_view("anon-a", "bundled:faces", "oodgen-faces-32").table is None  # nothing computed yet
     assert service.search_stamp("anon-a", "bundled:faces", "oodgen-faces-32") == ""
 
 
-def test_search_job_table_best_cell_figure_html_and_cache(backend, monkeypatch):
+def test_search_job_table_best_cell_figure_html_and_cache(service_backend, monkeypatch):
     from tests.conftest import require_bundled_model
 
     require_bundled_model()
-    owner, jobs = "anon-a", backend.jobs
+    owner, jobs = "anon-a", service_backend.jobs
     grid = service.search_grid("300", "0", ["random", "nearest"], ["none"], 6, steps=4)
     settings = service.quality_settings("image", n_boot=20, morph_max=10)
     assert [label for label, _ in service.search_sources(owner)][:1] == ["dataset: bundled: galaxy"]
@@ -61,7 +51,7 @@ def test_search_job_table_best_cell_figure_html_and_cache(backend, monkeypatch):
     assert v.montage.dtype == np.uint8 and v.montage.shape[0] > 3 * 32  # real row + one row per cell
     page = open(v.html).read()
     assert "bandwidth search" in page and "<script src=" not in page  # offline
-    assert not v.html.startswith(str(backend.ws.home))  # a copy: the workspace is never served
+    assert not v.html.startswith(str(service_backend.ws.home))  # a copy: the workspace is never served
     stamp = service.search_stamp(owner, "bundled:faces", "oodgen-faces-32")
     assert stamp and service.search_cached(owner, "bundled:faces", "oodgen-faces-32", grid, settings)
     assert not service.search_cached(owner, "bundled:faces", "oodgen-faces-32", service.search_grid("300", "0", ["random"], ["none"], 6), settings)
@@ -75,4 +65,16 @@ def test_search_job_table_best_cell_figure_html_and_cache(backend, monkeypatch):
     assert service.search_stamp(owner, "bundled:faces", "oodgen-faces-32") == stamp
     # another owner sees the bundled set's search too (bundled sets are everyone's), but not someone's private run
     assert service.search_view("anon-b", "bundled:faces", "oodgen-faces-32").table is not None
-    assert tasks.search_dir(backend.ws, "bundled:faces", "oodgen-faces-32") != tasks.search_dir(backend.ws, "bundled:faces", "oodgen-photos-64")
+    assert tasks.search_dir(service_backend.ws, "bundled:faces", "oodgen-faces-32") != tasks.search_dir(service_backend.ws, "bundled:faces", "oodgen-photos-64")
+
+
+def test_a_run_as_the_search_source_means_its_dataset_and_its_model(service_backend):
+    ws = service_backend.ws
+    run = ws.create("runs", "faces run", "anon-a", lambda tmp: {"dataset": "bundled:faces", "model": "oodgen-faces-32", "n": 12,
+                                                                 "settings": {"t_end": 500, "steps": 5}})
+    ref, folder, name, model = tasks.search_source(ws, f"run:{run.id}", "anon-a", "oodgen-photos-64")
+    assert (ref, name, model) == ("bundled:faces", "faces", "oodgen-faces-32") and folder.is_dir()  # the run's model wins
+    assert tasks.search_dir(ws, ref, model) == tasks.search_dir(ws, "bundled:faces", "oodgen-faces-32")  # one cache either way
+    assert (f"run: faces run (12) · oodgen-faces-32 t=500", f"run:{run.id}") in service.search_sources("anon-a")
+    with pytest.raises(service.UserError, match="pick one from the list"):
+        service.start_search("anon-b", f"run:{run.id}", None, service.search_grid("300", "0", ["random"], ["none"], 6))  # not theirs
