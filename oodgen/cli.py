@@ -29,7 +29,7 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- shared pieces
 @contextmanager
-def _progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+def _progress_bar(desc: str, quiet: bool, unit: str = "img-step") -> Iterator[Callable[[int, int], None]]:
     """A progress(done, total) callback backed by a tqdm bar on stderr, closed on exit."""
     from tqdm.auto import tqdm
 
@@ -40,7 +40,7 @@ def _progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None]
         if quiet:
             return
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="img-step", file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
         if bar.total != total:  # estimates get exact as work proceeds
             bar.total = total
         bar.update(done - bar.n)
@@ -385,7 +385,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CLIError(f"fine-tuning settings: {e}") from None
     model, x, stretch, samples = _load_data_and_model(args)
     ckpt = finetune.checkpoint_dir_for(args.out)
-    with _progress_bar("finetune", args.quiet) as update:
+    with _progress_bar("finetune", args.quiet, unit="step") as update:
         try:
             result = finetune.finetune(model, x, settings, checkpoint_dir=ckpt, progress=update)
         except KeyboardInterrupt:
