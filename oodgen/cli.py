@@ -14,7 +14,7 @@ from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
-from .config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
+from .config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
 from .generated import BASELINE_METHODS
 
 log = logging.getLogger("oodgen")
@@ -289,7 +289,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps))
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter, pairing=args.pairing,
-                                      neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters, noise=args.noise)
+                                      neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters, noise=args.noise,
+                                      centre=args.centre)
     model = _load_model(args, meta)
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
@@ -545,7 +546,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     real = evaluation.load_set(args.input)
     grid = evaluation.SearchGrid(t_end=tuple(args.t_end), eta=tuple(args.eta), pairing=tuple(args.pairing), noise=tuple(args.noise),
                                  n_per_cell=args.n, steps=args.steps)
-    base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread)
+    base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread, centre=args.centre)
     model = _load_model(args)
     settings = quality.QualitySettings(kind=args.kind, morph_max=args.morph_max, seed=args.seed)
     with _progress_bar("search", args.quiet) as update:
@@ -641,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise", choices=NOISE_MODELS, default=g.noise,
                    help=f"match: add white noise up to the source images' pixel noise; sky: also shift to their sky level "
                         f"(border median); both measured at inversion (default: {g.noise})")
+    s.add_argument("--centre", choices=CENTRES, default=g.centre,
+                   help=f"slerp turns about the cloud of inverted latents' centre (their mean) or the origin (the authors' code) (default: {g.centre})")
     s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)
@@ -731,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=("slerp", "lerp"), default="slerp")
     s.add_argument("--alpha", type=float, default=0.5)
     s.add_argument("--alpha-spread", type=float, default=0.0)
+    s.add_argument("--centre", choices=CENTRES, default=GenerationSettings().centre, help="slerp about the latents' mean (cloud) or the origin")
     s.add_argument("--kind", choices=("auto", "galaxy", "physical", "image"), default="auto")
     s.add_argument("--diversity-curve", action="store_true", help="also measure diversity against the number of source images at the best cell (paper Fig. 7)")
     s.add_argument("--morph-max", type=int, default=60, help="galaxy: statmorph on at most this many images per cell (default: 60)")

@@ -9,6 +9,7 @@ Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
 PAIRINGS: tuple[str, ...] = ("random", "nearest")
 NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
+CENTRES: tuple[str, ...] = ("cloud", "origin")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class GenerationSettings:
     neighbours: int = 5  # nearest pairing: how many nearest latents j is drawn from
     alpha_spread: float = 0.0  # alpha drawn uniformly in [alpha - spread, alpha + spread] (clipped to [0, 1])
     clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
+    centre: str = "cloud"  # slerp turns about the OOD cloud's centre (mean of the inverted latents), or the origin (authors' code; burns cores, blackens skies)
     noise: str = "match"  # none; match: add white noise up to the sources' pixel noise; sky: also shift to the sources' sky level (border median)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,8 @@ class GenerationSettings:
             raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
         if self.pairing not in PAIRINGS:
             raise ValueError(f"pairing={self.pairing!r} is not one of {', '.join(PAIRINGS)}")
+        if self.centre not in CENTRES:
+            raise ValueError(f"centre={self.centre!r} is not one of {', '.join(CENTRES)}")
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"noise={self.noise!r} is not one of {', '.join(NOISE_MODELS)}")
         if self.neighbours < 1 or self.clusters < 1:

@@ -8,6 +8,12 @@ are seeded through an explicit ``torch.Generator`` or integer seed.
   between a/|a| and b/|b|, the norm is interpolated linearly, (1 - alpha)|a| + alpha|b|.
   For equal norms this is the classic slerp; it keeps samples on the thin Gaussian annulus,
   which lerp leaves (lerp at alpha = 0.5 shrinks the norm by about 1/sqrt(2)).
+- ``interpolate(a, b, alpha, method, centre)``: with a ``centre`` c (oodgen's default: the mean of
+  the inverted OOD latents, the centre mu of the paper's Gaussian N(mu, sigma^2 I)), slerp runs about
+  c: c + slerp(a - c, b - c, alpha). About the origin (the authors' code) slerp scales the part the
+  two latents share, mu and the common image content, by 1/cos(theta/2) (about 1.4 for orthogonal
+  latents), which decodes to burned cores and a black sky; about c only the independent parts are
+  rotated, so the draw keeps the cloud's distribution. lerp is the same about any centre.
 - ``GaussianFit``: per-dimension mean, one scalar variance (default) or per-dimension variances
   (maximum likelihood, paper Lemma D.4).
 - ``geometric_filter``: the authors' acceptance test: keep a candidate only when its mean distance
@@ -57,20 +63,32 @@ def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-7) -> 
     return out.reshape(a.shape)
 
 
-def interpolate(a: torch.Tensor, b: torch.Tensor, alpha: float, method: str = "slerp") -> torch.Tensor:
-    """``lerp`` or ``slerp`` by name."""
+def interpolate(a: torch.Tensor, b: torch.Tensor, alpha: float, method: str = "slerp", centre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``lerp`` or ``slerp`` by name; slerp about ``centre`` (broadcastable to ``a``, e.g. [C, H, W]) when given, else the origin."""
     if method == "lerp":
         return lerp(a, b, alpha)
     if method == "slerp":
-        return slerp(a, b, alpha)
+        if centre is None:
+            return slerp(a, b, alpha)
+        return centre + slerp(a - centre, b - centre, alpha)
     raise ValueError(f"interpolation method {method!r} is not lerp or slerp")
 
 
-def interpolation_strip(a: torch.Tensor, b: torch.Tensor, k: int, method: str = "slerp") -> torch.Tensor:
-    """k latents from ``a`` to ``b`` (both [C, H, W]) at alpha = linspace(0, 1, k): [k, C, H, W]."""
+def interpolation_centre(latents: torch.Tensor, centre: str) -> Optional[torch.Tensor]:
+    """The point slerp turns about for ``GenerationSettings.centre``: the mean [C, H, W] of ``latents`` [N, C, H, W]
+    for "cloud", None (the origin) for "origin"."""
+    if centre == "origin":
+        return None
+    if centre == "cloud":
+        return latents.double().mean(0).float()
+    raise ValueError(f"centre={centre!r} is not cloud or origin")
+
+
+def interpolation_strip(a: torch.Tensor, b: torch.Tensor, k: int, method: str = "slerp", centre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """k latents from ``a`` to ``b`` (both [C, H, W]) at alpha = linspace(0, 1, k): [k, C, H, W] (slerp about ``centre``)."""
     if k < 2:
         raise ValueError(f"an interpolation strip needs k >= 2 points, got {k}")
-    return torch.stack([interpolate(a, b, float(al), method) for al in torch.linspace(0, 1, k)])
+    return torch.stack([interpolate(a, b, float(al), method, centre) for al in torch.linspace(0, 1, k)])
 
 
 @dataclass(frozen=True)
@@ -205,12 +223,14 @@ def _clustered_gaussian(latents: torch.Tensor, m: int, settings: GenerationSetti
 def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, max_tries: int = 50) -> tuple[torch.Tensor, list[Draw]]:
     """n new latents [n, C, H, W] drawn from the OOD region spanned by ``latents`` [N, C, H, W].
 
-    Interpolation picks seeded random pairs at ``settings.alpha``; ``gaussian`` draws from the
+    Interpolation picks seeded pairs (``settings.pairing``) at ``settings.alpha``, slerp turning about
+    ``settings.centre`` (:func:`interpolation_centre`); ``gaussian`` draws from the
     fitted Gaussian. With ``settings.geometric_filter``, candidates are drawn in rounds until n
     pass (at most ``max_tries`` rounds, else ValueError saying how many passed).
     """
     g = torch.Generator().manual_seed(settings.seed)
     gaussian = settings.method == "gaussian"
+    centre = None if gaussian else interpolation_centre(latents, settings.centre)
     fit = GaussianFit.fit(latents, settings.per_dim_variance) if gaussian and settings.clusters == 1 else None
     kept: list[torch.Tensor] = []
     draws: list[Draw] = []
@@ -230,7 +250,7 @@ def sample_latents(latents: torch.Tensor, n: int, settings: GenerationSettings, 
                 alphas = (settings.alpha + (torch.rand(m, generator=g, dtype=torch.double) * 2 - 1) * settings.alpha_spread).clamp(0, 1).tolist()
             else:
                 alphas = [settings.alpha] * m
-            cand = torch.stack([interpolate(latents[a], latents[b], al, settings.method) for a, b, al in zip(ii, jj, alphas)]) if m else latents[:0]
+            cand = torch.stack([interpolate(latents[a], latents[b], al, settings.method, centre) for a, b, al in zip(ii, jj, alphas)]) if m else latents[:0]
             cand_draws = [Draw(settings.method, i, j, al) for (i, j), al in zip(pairs, alphas)]
         if settings.geometric_filter:
             mask = geometric_filter(cand, latents, settings.filter_tolerance, generator=g)

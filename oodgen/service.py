@@ -34,7 +34,7 @@ from .config import DDIMSettings, GenerationSettings
 from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
 from .models import FrozenDDPM
-from .sampling import interpolate, interpolation_strip
+from .sampling import interpolate, interpolation_centre, interpolation_strip
 from .workspace import Workspace, WorkspaceError, check_name, owner_from_key, owner_from_login
 
 log = logging.getLogger(__name__)
@@ -500,21 +500,23 @@ def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int) -> l
     return [upscale(a) for a in to_uint8_rgb(imgs)]
 
 
-def decode_pair(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0) -> np.ndarray:
-    """The image decoded from Interp(x^i, x^j) at ``alpha``: uint8 [H', W', 3] for display."""
+def decode_pair(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0,
+                centre: str = GenerationSettings().centre) -> np.ndarray:
+    """The image decoded from Interp(x^i, x^j) at ``alpha`` (slerp about ``centre``): uint8 [H', W', 3] for display."""
     z, rec = _latents(owner, run_id)
     n = z.shape[0]
     if not (0 <= i < n and 0 <= j < n):
         raise UserError(f"pick two samples between 0 and {n - 1}")
-    GenerationSettings(method=method, alpha=alpha, eta=eta)  # validates
-    zi = interpolate(z[i : i + 1], z[j : j + 1], alpha, method)
+    GenerationSettings(method=method, alpha=alpha, eta=eta, centre=centre)  # validates
+    zi = interpolate(z[i : i + 1], z[j : j + 1], alpha, method, interpolation_centre(z, centre))
     return _decode(get_model(rec.meta["model"]), rec, zi, eta, seed)[0]
 
 
-def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: str = "slerp") -> list[tuple[np.ndarray, str]]:
-    """k images along the interpolation path from sample i to sample j, captioned with alpha."""
+def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: str = "slerp",
+                 centre: str = GenerationSettings().centre) -> list[tuple[np.ndarray, str]]:
+    """k images along the interpolation path from sample i to sample j (slerp about ``centre``), captioned with alpha."""
     z, rec = _latents(owner, run_id)
-    path = interpolation_strip(z[i], z[j], k, method)
+    path = interpolation_strip(z[i], z[j], k, method, interpolation_centre(z, centre))
     imgs = _decode(get_model(rec.meta["model"]), rec, path, 0.0, 0)
     return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, np.linspace(0, 1, k))]
 
@@ -526,7 +528,8 @@ def generation_label(settings: GenerationSettings | dict) -> str:
         parts = ["gaussian", f"{g.clusters} clusters" if g.clusters > 1 else "", "per-dimension variance" if g.per_dim_variance else ""]
     else:
         pairs = f"nearest pairs ({g.neighbours} neighbours)" if g.pairing == "nearest" else "random pairs"
-        parts = [g.method, pairs, f"alpha {g.alpha:g} ± {g.alpha_spread:g}" if g.alpha_spread else f"alpha {g.alpha:g}"]
+        parts = [g.method, pairs, f"alpha {g.alpha:g} ± {g.alpha_spread:g}" if g.alpha_spread else f"alpha {g.alpha:g}",
+                 "about the origin" if g.method == "slerp" and g.centre == "origin" else ""]
     if g.geometric_filter:
         parts.append(f"geometric filter {g.filter_tolerance:g}")
     return ", ".join(p for p in parts if p)

@@ -83,7 +83,8 @@ def test_sample_latents_is_seeded_and_records_provenance():
     z2, d2 = sample_latents(x, 6, s)
     assert torch.equal(z1, z2) and d1 == d2
     k = d1[0]
-    assert torch.allclose(z1[0], slerp(x[k.i], x[k.j], 0.3), atol=1e-5)
+    m = x.mean(0)  # slerp turns about the cloud's centre by default
+    assert torch.allclose(z1[0], m + slerp(x[k.i] - m, x[k.j] - m, 0.3), atol=1e-5)
     z3, _ = sample_latents(x, 6, GenerationSettings(method="slerp", alpha=0.3, seed=8))
     assert not torch.equal(z1, z3)
 
@@ -206,3 +207,48 @@ def test_match_sky_puts_back_the_sky_level_and_noise():
     torch.testing.assert_close(pixel_noise(out).mean(0), sigma, rtol=0.25, atol=0)  # the profile gradient adds a little
     centre = out[:, :, 14:18, 14:18].mean() - out[:, :, :4, :4].mean()
     assert abs(centre - (galaxy[:, :, 14:18, 14:18].mean() - galaxy[:, :, :4, :4].mean())) < 0.05  # the galaxy itself is untouched
+
+
+def test_slerp_about_the_cloud_centre_keeps_the_cloud_distribution():
+    """Latents from N(mu, I) with |mu| large (the paper's OOD cloud, separable from N(0, I)): slerp about mu keeps
+    the draw's mean component at |mu| and its distance to mu at sqrt(d); slerp about the origin inflates the shared
+    mean by 1/cos(theta/2) (the burned cores and black skies of the old default)."""
+    from oodgen.sampling import interpolate, interpolation_centre
+
+    g = torch.Generator().manual_seed(0)
+    d, n = 4096, 200
+    mu = torch.zeros(d)
+    mu[: d // 4] = 3.0  # |mu| = 96 against sqrt(d) = 64
+    z = mu + torch.randn(n, d, generator=g)
+    c = interpolation_centre(z, "cloud")
+    assert torch.allclose(c, z.mean(0), atol=1e-5) and interpolation_centre(z, "origin") is None
+    unit = mu / mu.norm()
+    a, b = z[:100], z[100:]
+    about_c = torch.stack([interpolate(a[k], b[k], 0.5, "slerp", c) for k in range(100)])
+    about_0 = torch.stack([interpolate(a[k], b[k], 0.5, "slerp") for k in range(100)])
+    along_c, along_0 = (about_c @ unit) / mu.norm(), (about_0 @ unit) / mu.norm()
+    assert abs(float(along_c.mean()) - 1.0) < 0.02
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    inflation = 1 / torch.cos(torch.arccos(cos) / 2)  # about 1.09 here, 1.41 for orthogonal latents
+    assert float(inflation.mean()) > 1.05
+    assert abs(float(along_0.mean()) - float(inflation.mean())) < 0.02  # origin slerp amplifies what the two latents share
+    spread = (about_c - mu).norm(dim=1) / math.sqrt(d)
+    assert abs(float(spread.mean()) - 1.0) < 0.03
+    # the end points are the latents themselves, and lerp ignores the centre
+    assert torch.allclose(interpolate(a[0], b[0], 0.0, "slerp", c), a[0], atol=1e-4)
+    assert torch.allclose(interpolate(a[0], b[0], 1.0, "slerp", c), b[0], atol=1e-4)
+    assert torch.equal(interpolate(a[0], b[0], 0.3, "lerp", c), interpolate(a[0], b[0], 0.3, "lerp"))
+
+
+def test_sample_latents_slerps_about_the_centre_setting():
+    from oodgen.sampling import interpolate
+
+    g = torch.Generator().manual_seed(1)
+    z = 2.0 + torch.randn(12, 2, 4, 4, generator=g)
+    for centre in ("cloud", "origin"):
+        out, draws = sample_latents(z, 5, GenerationSettings(centre=centre, pairing="random", seed=3))
+        c = z.mean(0) if centre == "cloud" else None
+        for k, dr in enumerate(draws):
+            assert torch.allclose(out[k], interpolate(z[dr.i], z[dr.j], dr.alpha, "slerp", c), atol=1e-5)
+    with pytest.raises(ValueError, match="centre"):
+        GenerationSettings(centre="middle")
