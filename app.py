@@ -342,7 +342,7 @@ RATE_JS = """(study, rater, position, shownMs, comment, shown) => {
   const img = document.querySelector('#rate_image img');
   let item = '';
   if (img && img.complete && img.naturalWidth > 0) {
-    const m = decodeURIComponent(img.getAttribute('src') || '').match(/(item_[0-9]+)[.]png/);
+    const m = (img.getAttribute('src') || '').match(/(item_[0-9]+)[.]png/);
     item = m ? m[1] : '';
   }
   return [study, rater, position, shownMs, comment, item];
