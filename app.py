@@ -11,6 +11,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from dataclasses import dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -338,12 +339,19 @@ def on_search_start(owner, source, model_name, t_values, etas, pairing, noise, n
 # name of the displayed <img>, and only once it has loaded ("" before). The server refuses a score
 # whose item or position is not the one to rate now, so a click that arrives after an earlier one
 # moved the session on, or before the next image shows, never scores an item the rater did not see.
+# The first click on an image wins: later clicks on the same image (same position) within 10 s are sent as
+# "scored:<item>" and answered "not recorded" without a try, whichever reaches the server first.
 RATE_JS = """(study, rater, position, shownMs, comment, shown) => {
   const img = document.querySelector('#rate_image img');
   let item = '';
   if (img && img.complete && img.naturalWidth > 0) {
     const m = (img.getAttribute('src') || '').match(/(item_[0-9]+)[.]png/);
     item = m ? m[1] : '';
+  }
+  if (item) {
+    const key = position + ':' + item, last = window.oodgenScored, now = Date.now();
+    if (last && last.key === key && now - last.t < 10000) item = 'scored:' + item;
+    else window.oodgenScored = {key: key, t: now};
   }
   return [study, rater, position, shownMs, comment, item];
 }"""
@@ -396,6 +404,9 @@ def rate_handler(score: int):
         rater = profile.username if profile else (rater or "").strip()
         if not position:
             raise gr.Error("Press Start / resume first (or the session is complete).")
+        if (shown or "").startswith("scored:"):  # a second click on an image this page already scored (RATE_JS)
+            gr.Warning(f"not recorded: item {int(position)} already got the score of your first click; the next image is on its way")
+            return [gr.skip()] * 6
         try:
             service.submit_rating(study_id, rater, int(position), score, comment or "", max(0, service.now_ms() - int(shown_ms or 0)),
                                   shown_item=shown or "")
@@ -407,6 +418,65 @@ def rate_handler(score: int):
             raise _err(e) from None
 
     return on_rate
+
+
+RATE_HELP = ("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
+             "images are mixed and not labelled. Score with the buttons or the keys 1-5; a score counts for the image on "
+             "screen, once it has loaded. You can close the page and continue later with the same name.")
+
+
+@dataclass
+class RatePanel:
+    """The rating widgets of one page (the Rate tab, or the rater-only page at /rate)."""
+
+    rater: gr.Textbox
+    study: gr.Dropdown
+    start: gr.Button
+    instructions: gr.Markdown
+    progress: gr.Markdown
+    image: gr.Image
+    buttons: list  # score buttons 5 ... 1
+    comment: gr.Textbox
+    position: gr.Number  # the position on screen (hidden; sent back with each score)
+    shown_ms: gr.State
+    shown: gr.Textbox  # the item id on screen (hidden; filled in by RATE_JS at the click)
+
+    @property
+    def outputs(self) -> list:
+        return [self.image, self.progress, self.instructions, self.position, self.shown_ms]
+
+
+def rate_panel() -> RatePanel:
+    """Lay out the rating widgets in the current Blocks context (buttons wrap into two rows below about 800 px)."""
+    position = gr.Number(0, visible=False, elem_id="rate_pos")
+    shown_ms = gr.State(0)
+    shown = gr.Textbox("", visible=False)
+    with gr.Row():
+        rater = gr.Textbox(label="Your name or id" + (" (your Hugging Face login is used when signed in)" if OAUTH else ""),
+                           max_length=64, elem_id="rater", min_width=200)
+        study = gr.Dropdown([], label="Study", elem_id="study", min_width=200)
+        start = gr.Button("Start / resume", variant="primary", elem_id="rate_start", min_width=140)
+    instructions = gr.Markdown()
+    progress = gr.Markdown(elem_id="rate_progress")
+    image = gr.Image(label="Item", height=420, interactive=False, elem_classes="pixelated", elem_id="rate_image")
+    with gr.Row(equal_height=True):
+        buttons = [gr.Button(f"{s} {ACR_LABELS[s]}", elem_id=f"score_{s}", min_width=120) for s in (5, 4, 3, 2, 1)]
+    comment = gr.Textbox(label="Comment (optional)", max_length=1000)
+    return RatePanel(rater, study, start, instructions, progress, image, buttons, comment, position, shown_ms, shown)
+
+
+def wire_rate_panel(p: RatePanel, prefs) -> None:
+    """Start / resume and the score buttons of a panel (every score names the item on screen: RATE_JS)."""
+    p.start.click(on_rate_start, [p.study, p.rater, prefs], [*p.outputs, prefs])
+    for btn, s in zip(p.buttons, (5, 4, 3, 2, 1)):
+        btn.click(rate_handler(s), [p.study, p.rater, p.position, p.shown_ms, p.comment, p.shown], [*p.outputs, p.comment], js=RATE_JS)
+
+
+def on_rater_page(prefs, profile: Optional[gr.OAuthProfile] = None):
+    """The rater-only page opens: the studies, and the remembered rater name."""
+    prefs = prefs or {}
+    rater = (profile.username if profile else None) or prefs.get("rater") or ""
+    return _dd(service.study_choices(), keep=prefs.get("study")), rater, "Enter your name, pick a study and press **Start / resume**."
 
 
 # ---------------------------------------------------------------- results
@@ -449,9 +519,6 @@ def build() -> gr.Blocks:
         q_seen = gr.State("")
         picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
         pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
-        position = gr.Number(0, visible=False, elem_id="rate_pos")  # the position shown on this page (sent back with each score)
-        shown_ms = gr.State(0)
-        rate_shown = gr.Textbox("", visible=False)  # the item id on screen, filled in by RATE_JS at the click
 
         gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
                     "then sample new latents in the region they occupy and denoise them with the unchanged model.")
@@ -635,20 +702,9 @@ def build() -> gr.Blocks:
             search_timer = gr.Timer(1.0)
 
         with gr.Tab("Rate"):
-            gr.Markdown("Expert rating (Mean Opinion Score). Items are shown one at a time, in your own order; real and generated "
-                        "images are mixed and not labelled. Score with the buttons or the keys 1-5; a score counts for the image on "
-                        "screen, once it has loaded. You can close the page and continue later with the same name.")
-            with gr.Row():
-                rater = gr.Textbox(label="Your name or id" + (" (your Hugging Face login is used when signed in)" if OAUTH else ""),
-                                   max_length=64, elem_id="rater")
-                study = gr.Dropdown([], label="Study", elem_id="study")
-                rate_start = gr.Button("Start / resume", variant="primary", elem_id="rate_start")
-            instructions = gr.Markdown()
-            rate_progress = gr.Markdown(elem_id="rate_progress")
-            rate_image = gr.Image(label="Item", height=420, interactive=False, elem_classes="pixelated", elem_id="rate_image")
-            with gr.Row():
-                score_btns = [gr.Button(f"{s} {ACR_LABELS[s]}", elem_id=f"score_{s}") for s in (5, 4, 3, 2, 1)]
-            comment = gr.Textbox(label="Comment (optional)", max_length=1000)
+            gr.Markdown(RATE_HELP + " Raters can use the page [/rate](rate), which shows nothing but this tab.")
+            rp = rate_panel()
+            rater, study, rate_image, rate_progress, instructions = rp.rater, rp.study, rp.image, rp.progress, rp.instructions
 
         with gr.Tab("Results"):
             gr.Markdown("For the study owner. " + ("Enter the admin token of this deployment." if os.environ.get("OODGEN_ADMIN_TOKEN")
@@ -687,7 +743,7 @@ def build() -> gr.Blocks:
                         q_gen]
         loaded = demo.load(on_load, [key, prefs], load_outputs)
         loaded.then(service.model_summary, model, model_info).then(
-            on_rate_resume, prefs, [rate_image, rate_progress, instructions, position, shown_ms])
+            on_rate_resume, prefs, rp.outputs)
         loaded.then(service.resume_in_request, owner, jobs, show_progress="hidden")  # ZeroGPU: jobs a restart left queued
         model.change(service.model_summary, model, model_info)
         diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
@@ -736,15 +792,22 @@ def build() -> gr.Blocks:
                           concurrency_limit=None, show_progress="hidden")
         s_btn.click(on_search_start, [owner, s_source, model, s_t, s_eta, s_pairing, s_noise, s_n, s_kind, s_boot, s_force], [s_note, jobs])
 
-        rate_outputs = [rate_image, rate_progress, instructions, position, shown_ms]
-        rate_start.click(on_rate_start, [study, rater, prefs], [*rate_outputs, prefs])
-        for btn, s in zip(score_btns, (5, 4, 3, 2, 1)):
-            btn.click(rate_handler(s), [study, rater, position, shown_ms, comment, rate_shown], [*rate_outputs, comment], js=RATE_JS)
+        wire_rate_panel(rp, prefs)
 
         res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_quality, res_raters, res_plot])
         export_btn.click(on_export, [token, res_study], export_files)
         st_btn.click(on_create_study, [owner, token, st_id, st_domain, st_gen, st_real, st_n, st_instr, st_repeat],
                      [st_note, study, res_study])
+    # the rater-only page: the rating panel alone, no owner tabs and no timer (a study's link for its raters)
+    with demo.route("Rate", "rate", show_in_navbar=False) as rate_page:
+        rprefs = gr.BrowserState({}, storage_key="oodgen-prefs", secret=secret)  # the same name and study as the main page
+        gr.Markdown("# Expert rating\n" + RATE_HELP)
+        if OAUTH:
+            gr.LoginButton()
+        page_panel = rate_panel()
+        wire_rate_panel(page_panel, rprefs)
+        rate_page.load(on_rater_page, rprefs, [page_panel.study, page_panel.rater, page_panel.progress]).then(
+            on_rate_resume, rprefs, page_panel.outputs)
     return demo
 
 

@@ -204,3 +204,25 @@ def test_fast_clicks_and_keys_only_score_the_image_on_screen(app_server, browser
     page.keyboard.press("5")  # one key, one score
     _settled(page, home, rater, 6, refused + 2)
     assert [r["score"] for r in _rows(home, rater)] == ["4", "5", "2", "5", "3", "5"]
+
+
+def test_rater_only_page_shows_just_the_rating_and_fits_800_px(app_server, browser):
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    page.goto(app_server.url + "rate")
+    page.locator("#rate_progress").get_by_text("Enter your name").wait_for(timeout=60_000)  # the page's load event has answered
+    assert page.get_by_role("tab", name="Data", exact=True).count() == 0  # none of the owner's tabs
+    assert page.locator("#jobs").count() == 0 and page.locator("#model").count() == 0
+    _fill(page, "rater", "Dr Page")
+    _choose(page, "study", STUDY)
+    page.locator("#rate_start").click()
+    page.locator("#rate_progress").get_by_text(f"1 / {N_ITEMS}").wait_for(timeout=30_000)
+    _wait_image(page)
+    for s in (5, 4, 3, 2, 1):  # every button whole inside the 800 px window
+        box = page.locator(f"#score_{s}").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (s, box)
+    page.locator("#score_2").click()
+    page.locator("#rate_progress").get_by_text(f"2 / {N_ITEMS}").wait_for(timeout=30_000)
+    page.reload()  # the page remembers the rater and resumes
+    page.locator("#rate_progress").get_by_text(f"2 / {N_ITEMS}").wait_for(timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#rater input, #rater textarea')?.value === 'Dr Page'", timeout=30_000)
+    assert [r["score"] for r in _rows(app_server.home, "Dr Page")] == ["2"]
