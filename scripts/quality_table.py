@@ -6,9 +6,10 @@
 ``search`` makes a tuning set with ``make_samples.py --seed 1`` (120 GalSim galaxies, no Hubble
 cutouts, 120 dust maps: none of them in ``assets/samples``) and runs ``python -m oodgen search`` on
 it; the defaults in ``GenerationSettings``/``DDIMSettings`` are chosen from those results. ``report``
-runs ``invert`` + ``generate`` with the old default (oodgen-faces-32, t_end 900, random pairs) and the
-new defaults on the bundled galaxy and radiation sets, then ``evaluate`` with the old set as a
-baseline. Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
+runs ``invert`` + ``generate`` with the original default (oodgen-faces-32, t_end 900, random pairs),
+the previous default (oodgen-photos-64, t_end 500, nearest pairs, slerp about the origin) and the
+current defaults on the bundled galaxy and radiation sets, then ``evaluate`` with the other two sets as
+baselines. Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
 ``docs/results/quality_<set>.png`` (montage); the HTML pages go to ``out/`` (not committed).
 """
 
@@ -48,9 +49,13 @@ def report(extra: list[str]) -> None:
         n = "100" if s == "galaxy" else "64"
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"old_{s}.safetensors"), "--model", "oodgen-faces-32", "--t-end", "900")
         oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0", "--noise", "none")
+        oodgen("invert", "--input", str(src), "--out", str(OUT / f"prev_{s}.safetensors"), "--t-end", "500")
+        oodgen("generate", "--latents", str(OUT / f"prev_{s}.safetensors"), "--n", n, "--out", str(OUT / f"previous default {s}"),
+               "--pairing", "nearest", "--eta", "0", "--noise", "match", "--centre", "origin")
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"new_{s}.safetensors"), *extra)
         oodgen("generate", "--latents", str(OUT / f"new_{s}.safetensors"), "--n", n, "--out", str(OUT / f"new default {s}"))
-        oodgen("evaluate", "--generated", str(OUT / f"new default {s}"), "--baseline", str(OUT / f"old default {s}"), "--real", str(src),
+        oodgen("evaluate", "--generated", str(OUT / f"new default {s}"), "--baseline", str(OUT / f"previous default {s}"),
+               str(OUT / f"old default {s}"), "--real", str(src),
                "--json", str(RESULTS / f"quality_{s}.json"), "--html", str(OUT / f"quality_{s}.html"), "--montage", str(RESULTS / f"quality_{s}.png"))
 
 
