@@ -17,7 +17,7 @@ from typing import Optional  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from oodgen import service, tasks  # noqa: E402
-from oodgen.config import METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.evaluation import SearchGrid  # noqa: E402
 from oodgen.finetune import FinetuneSettings  # noqa: E402
 from oodgen.generated import BASELINE_METHODS  # noqa: E402
@@ -185,18 +185,18 @@ def on_pick(picker, click, evt: gr.SelectData):
     return (k if which == "i" else gr.skip()), (k if which == "j" else gr.skip()), picker.note()
 
 
-def on_decode(owner, run_id, i, j, alpha, method, eta, seed):
+def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre):
     if not run_id:
         return None
     try:
-        return service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed))
+        return service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
     except ValueError as e:
         raise _err(e) from None
 
 
-def on_strip(owner, run_id, i, j, k, method):
+def on_strip(owner, run_id, i, j, k, method, centre=GEN.centre):
     try:
-        return service.decode_strip(owner, run_id, int(i), int(j), int(k), method)
+        return service.decode_strip(owner, run_id, int(i), int(j), int(k), method, centre)
     except ValueError as e:
         raise _err(e) from None
 
@@ -221,7 +221,7 @@ def on_gen_method(method, pairing):
 
 
 def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name,
-                noise=GEN.noise, ft_steps=None, ft_minutes=None):
+                noise=GEN.noise, ft_steps=None, ft_minutes=None, centre=GEN.centre):
     if method in BASELINE_METHODS:  # pixel crossfade, or fine-tuning a copy of the model (a background job with progress)
         try:
             ft = service.finetune_settings(ft_steps, ft_minutes, _whole(seed, "Seed")) if method == "finetune" else None
@@ -235,7 +235,7 @@ def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, toleranc
         settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=_whole(seed, "Seed"), per_dim_variance=bool(per_dim),
                                       geometric_filter=bool(use_filter), filter_tolerance=float(tolerance), pairing=pairing,
                                       neighbours=_whole(neighbours, "Neighbours"), alpha_spread=float(spread),
-                                      clusters=_whole(clusters, "Clusters"), noise=noise)
+                                      clusters=_whole(clusters, "Clusters"), noise=noise, centre=centre)
         job = service.start_generate(owner, run_id, _whole(n, "N samples"), (name or "").strip(), settings)
     except ValueError as e:
         raise _err(e) from None
@@ -628,6 +628,9 @@ def build() -> gr.Blocks:
                                                visible=GEN.method == "finetune", info="time budget (0: none); whichever ends first")
                     gen_noise = gr.Radio(list(NOISE_MODELS), value=GEN.noise, label="Noise model", elem_id="gen_noise",
                                          info="match: add white noise up to the source images' pixel (sky) noise, measured at inversion")
+                    gen_centre = gr.Radio(list(CENTRES), value=GEN.centre, label="Slerp centre", elem_id="gen_centre",
+                                          info="cloud: slerp turns about the mean of the run's latents (keeps sky and cores); "
+                                               "origin: the authors' code (also used by the single decode and the strip above)")
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
                 gen_note = gr.Markdown()
                 with gr.Row():
@@ -768,16 +771,17 @@ def build() -> gr.Blocks:
         # so an older answer never arrives after a newer one (concurrency_limit)
         thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
                       show_progress="hidden")
-        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed]
-        for control in (alpha, i, j, eta, method, seed):
+        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed, gen_centre]
+        for control in (alpha, i, j, eta, method, seed, gen_centre):
             control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")
-        strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method], strip)
+        strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method, gen_centre], strip)
         for control in (gen_method, gen_pairing):
             control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim,
                                                                       gen_ft_steps, gen_ft_minutes],
                            show_progress="hidden")
         gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim,
-                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise, gen_ft_steps, gen_ft_minutes],
+                                    gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise, gen_ft_steps, gen_ft_minutes,
+                                    gen_centre],
                       [gen_note, jobs])
         generated.change(on_generated, [owner, generated], [gen_gallery, gen_info])
         dl_btn.click(on_download, [owner, generated], dl_file)

@@ -248,7 +248,7 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
 
     from oodgen import tasks
     from oodgen.latents import load_latents
-    from oodgen.sampling import interpolate
+    from oodgen.sampling import interpolate, interpolation_centre
     from tests.conftest import require_bundled_model
 
     require_bundled_model()
@@ -282,14 +282,22 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
         assert dr["method"] == "slerp" and dr["j"] in nearest[dr["i"]], (k, dr, nearest[dr["i"]])
         assert 0.4 - 1e-9 <= dr["alpha"] <= 0.6 + 1e-9, dr
         # the saved latent is the interpolation the draw records
-        assert torch.allclose(gen_z[k], interpolate(z[dr["i"]], z[dr["j"]], dr["alpha"], "slerp"), atol=1e-4), k
+        assert torch.allclose(gen_z[k], interpolate(z[dr["i"]], z[dr["j"]], dr["alpha"], "slerp", interpolation_centre(z, "cloud")), atol=1e-4), k
     assert len({round(dr["alpha"], 6) for dr in draws}) > 8
     assert len({dr["i"] for dr in draws}) > 4  # i itself is drawn at random
+
+    # the single decode follows the slerp centre: about the cloud's mean and about the origin give other images
+    about_cloud = service.decode_pair(owner, inv.result, 0, 5, 0.5, "slerp", centre="cloud")
+    about_origin = service.decode_pair(owner, inv.result, 0, 5, 0.5, "slerp", centre="origin")
+    assert about_cloud.shape == about_origin.shape and not np.array_equal(about_cloud, about_origin)
+    assert np.array_equal(service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="cloud"),
+                          service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="origin"))  # lerp has no centre
 
 
 def test_batch_generation_label_names_the_options_that_apply():
     g = service.GenerationSettings
     assert service.generation_label(g(pairing="random")) == "slerp, random pairs, alpha 0.5"
+    assert service.generation_label(g(pairing="random", centre="origin")) == "slerp, random pairs, alpha 0.5, about the origin"
     assert service.generation_label(g(method="lerp", pairing="nearest", neighbours=4, alpha_spread=0.2)) == \
         "lerp, nearest pairs (4 neighbours), alpha 0.5 ± 0.2"
     assert service.generation_label({"method": "gaussian", "clusters": 3, "pairing": "nearest"}) == "gaussian, 3 clusters"
