@@ -48,7 +48,7 @@ def report(extra: list[str]) -> None:
         src = ROOT / "assets" / "samples" / s
         n = "100" if s == "galaxy" else "64"
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"old_{s}.safetensors"), "--model", "oodgen-faces-32", "--t-end", "900")
-        oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0", "--noise", "none")
+        oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0", "--noise", "none", "--centre", "origin")
         oodgen("invert", "--input", str(src), "--out", str(OUT / f"prev_{s}.safetensors"), "--t-end", "500")
         oodgen("generate", "--latents", str(OUT / f"prev_{s}.safetensors"), "--n", n, "--out", str(OUT / f"previous default {s}"),
                "--pairing", "nearest", "--eta", "0", "--noise", "match", "--centre", "origin")
