@@ -317,6 +317,25 @@ def test_bandwidth_search_job(page, tmp_path):
     page.locator("#s_note").get_by_text("Already searched").wait_for(timeout=30_000)
 
 
+def test_pixel_baseline_in_batch_generation(page, tmp_path):
+    _tab(page, "Generate")
+    page.locator("#gen_method").get_by_label("finetune", exact=True).check()
+    page.locator("#gen_ft_steps input[type=number]").wait_for(timeout=30_000)  # the fine-tuning budget shows for finetune only
+    page.locator("#gen_method").get_by_label("pixel", exact=True).check()
+    page.locator("#gen_ft_steps").wait_for(state="hidden", timeout=30_000)
+    _number(page, "gen_n", 6)
+    _fill(page, "gen_name", "browser pixel")
+    page.locator("#gen_btn").click()
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("generated 6 samples (pixel)").wait_for(timeout=120_000)
+    _choose(page, "generated", "browser pixel")
+    _wait_text(page, "gen_info", "browser pixel")
+    _wait_text(page, "gen_info", "method pixel")
+    page.locator("#gen_gallery img").nth(5).wait_for(timeout=60_000)
+    from oodgen.config import GenerationSettings
+
+    page.locator("#gen_method").get_by_label(GenerationSettings().method, exact=True).check()  # back to the default method
+
+
 def test_job_survives_reload_and_can_be_cancelled(page, tmp_path):
     _tab(page, "Invert")
     _number(page, "steps", 200)
