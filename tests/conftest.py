@@ -61,14 +61,24 @@ def require_bundled_model():
         pytest.fail(f"the bundled model is missing at {BUNDLED_MODEL}; run scripts/train_default_model.py")
 
 
-@pytest.fixture
-def service_backend(tmp_path, monkeypatch):
-    """The app's service backend (workspace + job queue) on a fresh OODGEN_HOME in tmp_path; its worker is closed afterwards."""
+def _service_backend(home, monkeypatch):
     from oodgen import service
 
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("OODGEN_HOME", str(home))
     monkeypatch.setattr(service, "_BACKEND", None)
     b = service.backend()
     yield b
     b.jobs.close()
     monkeypatch.setattr(service, "_BACKEND", None)
+
+
+@pytest.fixture
+def service_backend(tmp_path, monkeypatch):
+    """The app's service backend (workspace + job queue) on a fresh OODGEN_HOME in tmp_path; its worker is closed afterwards."""
+    yield from _service_backend(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def service_backend_home(tmp_path, monkeypatch):
+    """As :func:`service_backend` with OODGEN_HOME in tmp_path/home, so tmp_path can hold files outside the workspace."""
+    yield from _service_backend(tmp_path / "home", monkeypatch)

@@ -12,12 +12,8 @@ from tests.conftest import SAMPLES, require_bundled_model
 
 
 @pytest.fixture
-def backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(service, "_BACKEND", None)
-    b = service.backend()
-    yield b
-    monkeypatch.setattr(service, "_BACKEND", None)
+def backend(service_backend_home):
+    return service_backend_home
 
 
 def test_export_folders_are_removed_after_use(backend, tmp_path, monkeypatch):

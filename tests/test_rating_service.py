@@ -12,12 +12,8 @@ from tests.conftest import SAMPLES
 
 
 @pytest.fixture
-def backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path))
-    monkeypatch.setattr(service, "_BACKEND", None)
-    b = service.backend()
-    yield b
-    monkeypatch.setattr(service, "_BACKEND", None)
+def backend(service_backend):
+    return service_backend
 
 
 def _study(home, study_id="s1", n=4, display_size=96):

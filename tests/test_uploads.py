@@ -12,12 +12,8 @@ from oodgen.data import load_paths
 
 
 @pytest.fixture
-def backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("OODGEN_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(service, "_BACKEND", None)
-    b = service.backend()
-    yield b
-    monkeypatch.setattr(service, "_BACKEND", None)
+def backend(service_backend_home):
+    return service_backend_home
 
 
 def _png(path, seed, side=16):
