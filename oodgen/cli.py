@@ -435,7 +435,7 @@ def _stage_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures: Optional[dict] = None) -> None:
     """--json and --html outputs: the diagnostics report when given, else a page of ``figures``."""
     from . import diagnostics
-    from .latents import atomic_write
+    from .fsutil import atomic_write
 
     if args.json:
         text = json.dumps(payload, indent=2, allow_nan=False)

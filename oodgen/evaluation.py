@@ -223,7 +223,7 @@ def write_quality_report(ev: Evaluation, json_path: Optional[str | Path] = None,
     """Write the evaluation as JSON and/or one offline HTML page (table, figures, montage, NN pairs) and/or the
     montage as a PNG; returns the JSON payload."""
     from .diagnostics import write_figures_page
-    from .latents import atomic_write
+    from .fsutil import atomic_write
 
     if montage_path:
         from PIL import Image
@@ -256,7 +256,7 @@ def write_quality_report(ev: Evaluation, json_path: Optional[str | Path] = None,
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from .latents import atomic_write
+    from .fsutil import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

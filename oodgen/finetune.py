@@ -138,7 +138,7 @@ def _key(base: FrozenDDPM, x: torch.Tensor, settings: FinetuneSettings) -> dict:
 
 
 def _save_checkpoint(folder: Path, unet, opt, g: torch.Generator, step: int, losses: list[float], seconds: float, key: dict) -> None:
-    from .latents import atomic_write
+    from .fsutil import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {"unet": unet.state_dict(), "optimizer": opt.state_dict(), "rng": g.get_state(), "step": step, "losses": list(losses),
@@ -264,7 +264,7 @@ def save_tuned(result: FinetuneResult, base: FrozenDDPM, out: str | Path, record
     out = Path(out)
     if out.exists() and not (out / RECORD).is_file() and any(out.iterdir()):
         raise FinetuneError(f"{out} exists and is not a fine-tuned model folder; pass a new --out folder")
-    from .latents import atomic_dir
+    from .fsutil import atomic_dir
 
     def fill(tmp: Path) -> None:
         result.unet.save_pretrained(tmp / "unet")

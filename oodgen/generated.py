@@ -83,7 +83,7 @@ def write_generated(folder: str | Path, rgb: np.ndarray, physical: Optional[np.n
         save_latents(folder / "latents.safetensors", latents, latents_meta or {})
     out = {**manifest, "n": len(records), "unit": unit, "samples": records}
     if write_manifest:
-        from .latents import atomic_write
+        from .fsutil import atomic_write
 
         text = json.dumps(out, indent=2)
         atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))

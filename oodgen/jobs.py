@@ -40,7 +40,8 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from .ddim import Cancelled
-from .workspace import Workspace, check_id, utc_now, write_json
+from .fsutil import utc_now, write_json
+from .workspace import Workspace, check_id
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,7 @@ kind, oodgen version and creation time. Loading memory-maps the file and reads o
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -21,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .fsutil import atomic_write, utc_now
 
 TENSOR = "latents"
 META_KEY = "oodgen"
@@ -30,42 +28,8 @@ class LatentFileError(ValueError):
     """A latent file is missing, unreadable or not an oodgen latent file."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically rename onto ``path`` (a crash leaves no half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_dir(final: Path, fill: Any) -> None:
-    """Call ``fill(tmp_folder)`` on a hidden temporary folder next to ``final`` and rename it into place (replacing an
-    old ``final``); a crash leaves no half-written folder."""
-    import shutil
-
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        fill(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _full_meta(meta: dict[str, Any], shape: Iterable[int]) -> str:
-    full = {"oodgen_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta}
+    full = {"oodgen_version": __version__, "created": utc_now(), **meta}
     full["shape"] = list(shape)
     return json.dumps(full)
 

@@ -33,8 +33,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import threading
 import unicodedata
 from collections import Counter, defaultdict
@@ -46,6 +44,8 @@ from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
+
+from .fsutil import atomic_dir, atomic_write, utc_now, write_text
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,6 @@ def default_ratings_path(home: str | Path) -> Path:
     return Path(home) / "ratings" / "ratings.csv"
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 MAX_STRETCH_FIT = 1024  # physical items a study's display stretch is fitted on (evenly spaced beyond that)
 
 
@@ -357,8 +353,7 @@ def create_study(
     effective, stretch = _study_look(study_id, items)
     width = max(4, len(str(len(items))))
     order = sorted(range(len(items)), key=lambda k: hashlib.sha256(f"{seed}:{study_id}:ids:{k}".encode()).digest())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{study_id}.", suffix=".creating", dir=root))
-    try:
+    def fill(tmp: Path) -> Study:
         (tmp / ITEMS_DIR).mkdir()
         entries: list[StudyEntry] = []
         seen: dict[str, Path] = {}
@@ -375,24 +370,19 @@ def create_study(
             (tmp / rel).write_bytes(png)
             entries.append(StudyEntry(item_id, rel, it.source, *labels[k], path.name, digest))
         entries.sort(key=lambda e: e.item_id)
-        study = Study(study_id, domain, instructions, float(repeat_fraction), seed, _utc_now(), tuple(entries), final,
+        study = Study(study_id, domain, instructions, float(repeat_fraction), seed, utc_now("milliseconds"), tuple(entries), final,
                       effective, display_size, stretch.to_json() if stretch is not None else None)
-        _atomic_write_text(tmp / STUDY_FILE, json.dumps(study.to_json(), indent=2, ensure_ascii=False))
-        if final.exists():
-            raise RatingError(f"study {study_id!r} was created meanwhile in {root}; choose another id")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / STUDY_FILE, json.dumps(study.to_json(), indent=2, ensure_ascii=False))
+        return study
+
+    try:
+        study = atomic_dir(final, fill, replace=False)
+    except FileExistsError:
+        raise RatingError(f"study {study_id!r} was created meanwhile in {root}; choose another id") from None
+    entries = study.items
     log.info("created study %s: %d items (%d real), %d repeats per rater, at %d px shown at %s px, in %s", study_id, len(entries),
              sum(e.source == "real" for e in entries), study.n_repeats, effective, display_size or effective, final)
     return study
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from .latents import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def load_study(home: str | Path, study_id: str) -> Study:
@@ -496,8 +486,6 @@ def _encode_row(cells: Sequence[str]) -> bytes:
 
 def write_ratings(path: str | Path, rows: Iterable[Rating]) -> Path:
     """A ratings CSV (header + ``rows``) written atomically, e.g. one study's rows for export."""
-    from .latents import atomic_write
-
     data = _encode_row(CSV_COLUMNS) + b"".join(_encode_row(r.cells()) for r in rows)
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
     return Path(path)
@@ -888,7 +876,7 @@ class RaterSession:
                 raise StaleRating(f"not recorded: {shown}, but item {actual + 1} / {n} is {planned!r}; score it once its image is shown")
             e = self.study.entry(planned)
             self.log._append_locked(Rating(
-                timestamp=_utc_now(), study=self.study.study_id, rater=self.rater, session=self.session_id, item=planned,
+                timestamp=utc_now("milliseconds"), study=self.study.study_id, rater=self.rater, session=self.session_id, item=planned,
                 source=e.source, domain=self.study.domain, method=e.method, model=e.model, score=score, repeat=int(is_repeat),
                 response_ms=None if response_ms is None else int(response_ms), comment=comment,
             ))

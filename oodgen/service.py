@@ -35,6 +35,7 @@ from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch
 from .jobs import ACTIVE, Job, JobQueue
 from .models import FrozenDDPM
 from .sampling import interpolate, interpolation_centre, interpolation_strip
+from .fsutil import atomic_write
 from .workspace import Workspace, WorkspaceError, check_name, owner_from_key, owner_from_login
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,7 @@ def image_file(rgb: np.ndarray) -> str:
     digest = hashlib.sha256(data).hexdigest()[:32]
     target = _SERVED / digest[:2] / f"{digest}.png"
     if not target.exists():
-        target.parent.mkdir(exist_ok=True)
-        tmp = target.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp: tmp.write_bytes(data), fsync=False)
     return str(target)
 
 
@@ -751,10 +749,7 @@ _QUALITY_DL = Path(tempfile.mkdtemp(prefix="oodgen-quality-"))  # copies of repo
 def _download_copy(src: Path, sub: str, name: str) -> str:
     """A copy of workspace file ``src`` under the served download folder (Gradio never serves the workspace itself)."""
     target = _QUALITY_DL / sub / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(src.read_bytes())
-    tmp.replace(target)
+    atomic_write(target, lambda tmp: shutil.copyfile(src, tmp), fsync=False)
     return str(target)
 
 
@@ -1075,10 +1070,7 @@ def rate_image_file(study: "ratings.Study", item_id: str) -> Path:
     if not target.exists():
         with _RATE_FILES_LOCK:
             if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{item_id}.{threading.get_ident()}.tmp")
-                shutil.copyfile(study.image_path(item_id), tmp)
-                os.replace(tmp, target)
+                atomic_write(target, lambda tmp: shutil.copyfile(study.image_path(item_id), tmp), fsync=False)
     return target
 
 

@@ -29,9 +29,10 @@ from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, Stretch, list_files, load_paths, to_model_input, to_uint8_rgb
 from .generated import draw_records, model_output_images, write_generated
 from .jobs import JobContext
-from .latents import atomic_dir, inversion_metadata, load_latents, save_latents_from_parts, source_noise
+from .fsutil import atomic_dir, atomic_write, write_json
+from .latents import inversion_metadata, load_latents, save_latents_from_parts, source_noise
 from .models import FrozenDDPM, load_model
-from .workspace import Record, Workspace, WorkspaceError, write_json
+from .workspace import Record, Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,6 @@ def _id_reference(model: FrozenDDPM, reference: str, t_values: Sequence[int], se
                         batch_size=settings.batch_size, progress=progress)
 
 
-def _write_dir(final: Path, fill) -> None:
-    """Fill a hidden temp folder next to ``final`` and rename it into place (replacing an old one)."""
-    atomic_dir(final, fill)
-
-
 def run_diagnose(ctx: JobContext) -> str:
     """params: run (id), reference (prior | in-domain set key). Caches everything under the run's diagnostics/."""
     from . import diagnostics
@@ -239,7 +235,7 @@ def run_diagnose(ctx: JobContext) -> str:
         np.savez_compressed(tmp / "recon.npz", original=thumbs, reconstruction=to_uint8_rgb(recon), mae=mae,
                             names=np.array(rec.meta.get("names", [])[:k]))
 
-    _write_dir(diagnostics_dir(rec, p["reference"]), fill)
+    atomic_dir(diagnostics_dir(rec, p["reference"]), fill)
     j = report.to_json()
     ctx.job.message = f"SVM accuracy {j['svm_test_accuracy']:.3f}, centre distance {j['center_distance']:.2f} vs d^1/4 {j['d_quarter']:.2f}"
     return rec.id
@@ -473,7 +469,7 @@ def run_quality(ctx: JobContext) -> str:
         Image.fromarray(montage).save(tmp / "montage.png")
         Image.fromarray(pairs).save(tmp / "nn_pairs.png")
 
-    _write_dir(quality_dir(rec), fill)
+    atomic_dir(quality_dir(rec), fill)
     ctx.job.message = f"quality of '{rec.name}': " + _quality_line(payload)
     return rec.id
 
@@ -580,7 +576,7 @@ def run_search(ctx: JobContext) -> str:
         write_json(tmp / "figures.json", {"quality vs diversity": json.loads(fig.to_json())})
         Image.fromarray(montage).save(tmp / "montage.png")
 
-    _write_dir(out_dir, fill)
+    atomic_dir(out_dir, fill)
     ctx.job.message = f"search of '{ds_name}': " + _search_line(payload)
     return ref
 
@@ -604,14 +600,15 @@ def zip_generated(rec: Record, folder: Path) -> Path:
     """A zip of a generated set (PNGs, physical .npy when the source was physical, latents, manifest) in ``folder``."""
     import zipfile
 
-    folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{rec.id}.zip"
-    tmp = out.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(rec.root.rglob("*")):
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(rec.root).parts):  # not the .quality cache
-                zf.write(f, f"{rec.id}/{f.relative_to(rec.root).as_posix()}")
-    tmp.replace(out)
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(rec.root.rglob("*")):
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(rec.root).parts):  # not the .quality cache
+                    zf.write(f, f"{rec.id}/{f.relative_to(rec.root).as_posix()}")
+
+    atomic_write(out, write, fsync=False)
     return out
 
 

@@ -26,9 +26,10 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .fsutil import atomic_dir, utc_now, write_json
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ class WorkspaceError(ValueError):
 def home_from_env() -> Path:
     """``$OODGEN_HOME`` or ``./workspace``, absolute."""
     return Path(os.environ.get(HOME_ENV) or "workspace").expanduser().resolve()
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def check_id(value: Any, what: str = "id") -> str:
@@ -148,13 +145,6 @@ def browser_secret(home: str | Path | None = None) -> str:
     return secret
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file in the same folder, fsync, rename)."""
-    from .latents import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8"))
-
-
 @dataclass(frozen=True)
 class Record:
     """One listed entry: a dataset, run or generated set."""
@@ -200,15 +190,17 @@ class Workspace:
         final = self.path(kind, rid)
         if final.exists():
             raise WorkspaceError(f"{kind[:-1]} {rid!r} already exists")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{rid}.", suffix=".tmp", dir=self.home / kind))
-        try:
+
+        def fill_record(tmp: Path) -> dict:
             extra = fill(tmp) or {}
             manifest = {"id": rid, "name": name, "owner": owner, "shared": bool(shared), "created": utc_now(), **extra}
             write_json(tmp / MANIFEST[kind], manifest)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            return manifest
+
+        try:
+            manifest = atomic_dir(final, fill_record, replace=False)
+        except FileExistsError:
+            raise WorkspaceError(f"{kind[:-1]} {rid!r} already exists") from None
         log.info("workspace: created %s/%s (%s)", kind, rid, name)
         return self._record(kind, final, manifest)
 
