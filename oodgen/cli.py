@@ -556,7 +556,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     figures = {}
     if args.diversity_curve:
         best = next(r for r in rows if r["best"])
-        g = GenerationSettings(**{**base.to_json(), "eta": best["eta"], "pairing": best["pairing"], "noise": best["noise"]})
+        g = GenerationSettings.from_json({**base.to_json(), "eta": best["eta"], "pairing": best["pairing"], "noise": best["noise"]})
         with _progress_bar("diversity curve", args.quiet) as update:
             extra["diversity_curve"] = evaluation.diversity_curve(model, real, g, t_end=best["t_end"], steps=args.steps, seed=args.seed,
                                                                   batch_size=_batch_size(args, model),

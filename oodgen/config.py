@@ -1,9 +1,15 @@
-"""Settings shared by the command line and the app: small frozen dataclasses, one comment per field."""
+"""Settings shared by the command line and the app: small frozen dataclasses, one comment per field.
+
+Every settings class saves and loads itself with one pair of functions (:class:`JSONSettings`):
+``to_json()`` gives a plain dict of every field, ``from_json(d)`` rebuilds the settings, taking a
+missing key's default and refusing an unknown key with one clear error. Latent files, run and
+generated-set records, job files and the app all go through this pair.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Mapping, Optional, TypeVar
 
 Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
@@ -11,9 +17,30 @@ PAIRINGS: tuple[str, ...] = ("random", "nearest")
 NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
 CENTRES: tuple[str, ...] = ("cloud", "origin")
 
+S = TypeVar("S", bound="JSONSettings")
+
+
+class JSONSettings:
+    """``to_json``/``from_json`` of a settings dataclass (in the manner of diffusers' ``to_json_string``/``from_config``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as plain JSON values."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[S], data: Optional[Mapping[str, Any]]) -> S:
+        """The settings saved by :meth:`to_json`; a missing key takes its default, an unknown key is a ValueError."""
+        data = dict(data or {})
+        known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(known)}")
+        return cls(**data)
+
 
 @dataclass(frozen=True)
-class DDIMSettings:
+class DDIMSettings(JSONSettings):
     """How images are mapped to latents and back."""
 
     t_end: int = 300  # operating timestep of the latent space; chosen on seeded tuning data (README "Sample quality"); paper: 800-900 with a 93M-parameter model
@@ -26,12 +53,9 @@ class DDIMSettings:
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be at least 1")
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class GenerationSettings(JSONSettings):
     """How new latents are drawn in the out-of-domain region and decoded."""
 
     method: Method = "slerp"  # slerp | lerp between two inverted latents, or gaussian (fitted to all of them)
@@ -65,15 +89,3 @@ class GenerationSettings:
             raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
         if self.eta < 0:
             raise ValueError(f"eta={self.eta} must be >= 0")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """Where the model runs."""
-
-    device: str = "auto"  # auto (cuda, then mps, then cpu), or a torch device string
-    dtype: str = "float32"  # float32 | bfloat16 | float16 for the UNet; schedule math stays float64
-    compile: bool = False  # torch.compile the UNet (channels_last on CUDA); plain forward where unavailable (ZeroGPU, OODGEN_NO_COMPILE=1)

@@ -134,23 +134,6 @@ def _apply_step(
     return out
 
 
-def ddim_step(
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    a_t: float,
-    a_next: float,
-    eta: float = 0.0,
-    noise: Optional[torch.Tensor] = None,
-    clip_x0: bool = False,
-) -> torch.Tensor:
-    """One DDIM update of ``x`` [B, C, H, W] from alpha_bar ``a_t`` to ``a_next`` given ``eps``.
-
-    ``clip_x0`` clips x0_hat to [-1, 1] and re-derives eps from it (DDPM-style sampling from the
-    prior only: it breaks the exact invertibility that inversion relies on, so it is off by default).
-    """
-    return _apply_step(x, eps, StepCoefficients.of(a_t, a_next, eta), noise, clip_x0)
-
-
 def _schedule(alphas_cumprod: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
     """alpha_bar as a host float64 array (one copy before the loop if it lives on a device)."""
     if isinstance(alphas_cumprod, torch.Tensor):

@@ -22,13 +22,14 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from .config import JSONSettings
 from .ddim import Cancelled
 from .models import FrozenDDPM
 
@@ -45,7 +46,7 @@ class FinetuneError(ValueError):
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(JSONSettings):
     """How the copy of the base model is tuned (the CLI and the app read the same fields)."""
 
     steps: Optional[int] = 500  # optimizer steps at most (None: only the time budget stops it)
@@ -63,9 +64,6 @@ class FinetuneSettings:
             raise ValueError(f"steps={self.steps} must be at least 1 and seconds={self.seconds} positive")
         if self.batch_size < 1 or self.checkpoint_every < 1 or not self.lr > 0:
             raise ValueError("batch_size and checkpoint_every must be at least 1 and lr positive")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

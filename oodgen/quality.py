@@ -29,10 +29,12 @@ import logging
 import math
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from .config import JSONSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class QualitySettings:
+class QualitySettings(JSONSettings):
     """How a generated set is compared with a real one (the CLI and the app read the same fields)."""
 
     kind: str = "auto"  # galaxy | physical | image | auto (physical when a unit is known, else image)
@@ -65,9 +67,6 @@ class QualitySettings:
             raise ValueError(f"kind={self.kind!r} is not one of {', '.join(KINDS)} or auto")
         if self.n_boot < 10 or self.c2st_folds < 2 or self.morph_max < 4 or self.workers < 1:
             raise ValueError("need n_boot >= 10, c2st_folds >= 2, morph_max >= 4 and workers >= 1")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -521,7 +521,7 @@ def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: st
 
 def generation_label(settings: GenerationSettings | dict) -> str:
     """A short description of batch-generation settings: the method and the options that apply to it."""
-    g = settings if isinstance(settings, GenerationSettings) else GenerationSettings(**settings)
+    g = settings if isinstance(settings, GenerationSettings) else GenerationSettings.from_json(settings)
     if g.method == "gaussian":
         parts = ["gaussian", f"{g.clusters} clusters" if g.clusters > 1 else "", "per-dimension variance" if g.per_dim_variance else ""]
     else:

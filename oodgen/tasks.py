@@ -106,7 +106,7 @@ def save_dataset(ws: Workspace, owner: str, name: str, files: Sequence[str | Pat
 @zerogpu.gpu(duration=120)
 def invert_chunk(model_name: str, x: torch.Tensor, settings: dict, progress=None, cancel=None) -> torch.Tensor:
     """DDIM-invert one chunk x [n, C, H, W] (CPU) with the cached model; latents on CPU."""
-    return engine.invert(get_model(model_name), x, DDIMSettings(**settings), progress=progress, cancel=cancel).cpu()
+    return engine.invert(get_model(model_name), x, DDIMSettings.from_json(settings), progress=progress, cancel=cancel).cpu()
 
 
 def run_invert(ctx: JobContext) -> str:
@@ -116,7 +116,7 @@ def run_invert(ctx: JobContext) -> str:
     one call of :func:`invert_chunk`, checkpointed in the job's folder (a resumed job skips them).
     """
     p, ws = ctx.params, ctx.workspace
-    settings = DDIMSettings(**p["settings"])
+    settings = DDIMSettings.from_json(p["settings"])
     ctx.progress(0, 0, "loading data and model")
     folder, ds_name = _dataset(ws, p["dataset"], ctx.job.owner)
     listing = list_files([folder], max_files=None)
@@ -171,7 +171,7 @@ def run_latents_meta(ws: Workspace, run_id: str, owner: Optional[str]) -> tuple[
 
 
 def run_settings(rec: Record) -> DDIMSettings:
-    return DDIMSettings(**rec.meta["settings"])
+    return DDIMSettings.from_json(rec.meta["settings"])
 
 
 def run_stretch(rec: Record) -> Optional[Stretch]:
@@ -277,7 +277,7 @@ def run_generate(ctx: JobContext) -> str:
     p, ws = ctx.params, ctx.workspace
     z, rec, file_meta = run_latents_meta(ws, p["run"], ctx.job.owner)
     settings = run_settings(rec)
-    gen_settings = GenerationSettings(**p["generation"])
+    gen_settings = GenerationSettings.from_json(p["generation"])
     model = get_model(rec.meta["model"])
     n = int(p["n"])
     ctx.progress(0, n * settings.steps, "generating")
@@ -338,7 +338,7 @@ def run_baseline(ctx: JobContext) -> str:
         rgb, physical, records = crossfade_set(samples, n, side, float(g.get("alpha", 0.5)), int(g.get("seed", 0)), stretch)
         model_name = None
     elif method == "finetune":
-        ft = finetune.FinetuneSettings(**(p.get("finetune") or {}))
+        ft = finetune.FinetuneSettings.from_json(p.get("finetune"))
         model = get_model(rec.meta["model"])
         model_name = model.name
         x, _ = to_model_input(samples, model.resolution, model.channels, stretch)
@@ -433,7 +433,7 @@ def run_quality(ctx: JobContext) -> str:
 
     p, ws = ctx.params, ctx.workspace
     rec = ws.get("generated", p["generated"], ctx.job.owner)
-    settings = quality.QualitySettings(**(p.get("settings") or {}))
+    settings = quality.QualitySettings.from_json(p.get("settings"))
     cached = cached_quality(rec)
     if cached is not None and cached.get("settings") == settings.to_json() and not p.get("force"):
         ctx.job.message = f"quality of '{rec.name}' from the cache: " + _quality_line(cached)
@@ -540,8 +540,8 @@ def run_search(ctx: JobContext) -> str:
     p, ws = ctx.params, ctx.workspace
     ref, folder, ds_name, model_name = search_source(ws, p["source"], ctx.job.owner, p.get("model"))
     grid = evaluation.SearchGrid.from_json(p.get("grid") or {})
-    base = GenerationSettings(**(p.get("generation") or {}))
-    settings = quality.QualitySettings(**(p.get("settings") or {}))
+    base = GenerationSettings.from_json(p.get("generation"))
+    settings = quality.QualitySettings.from_json(p.get("settings"))
     request = search_request(grid.to_json(), base.to_json(), settings.to_json())
     out_dir = search_dir(ws, ref, model_name)
     cached = cached_search(out_dir)

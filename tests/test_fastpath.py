@@ -12,7 +12,7 @@ import torch
 
 from oodgen import engine, models
 from oodgen.cli import build_parser, main
-from oodgen.config import DDIMSettings, RuntimeSettings
+from oodgen.config import DDIMSettings
 from oodgen.latents import load_latents
 from oodgen.models import compile_unavailable, load_model
 
@@ -102,8 +102,13 @@ def test_out_of_memory_in_the_compiled_forward_is_not_a_fallback(tiny_pipeline_d
     assert m.is_compiled  # the engine halves the batch and tries again, compiled
 
 
-def test_runtime_settings_default_to_the_plain_forward():
-    assert RuntimeSettings().compile is False
+def test_models_default_to_the_plain_forward():
+    import inspect
+
+    from oodgen.cli import build_parser
+
+    assert inspect.signature(load_model).parameters["compile"].default is False
+    assert build_parser().parse_args(["invert", "--input", "x", "--out", "y"]).compile is False
 
 
 def test_cli_compile_flag_reaches_the_model(tiny_pipeline_dir, tmp_path, monkeypatch, caplog):
