@@ -228,19 +228,65 @@ def _morphology_one(lum: np.ndarray) -> tuple[list[float], str]:
     return vals, ("statmorph: no " + ", ".join(missing)) if missing else (WARN_FLAG if m.flag >= 2 else "")
 
 
-def _sky(img: np.ndarray) -> tuple[float, float]:
-    """(sky level, sky noise): sigma-clipped median and std of the border pixels (outer 8 px frame)."""
+def _sky(imgs: np.ndarray) -> np.ndarray:
+    """(sky level, sky noise) [N, 2] of images ``imgs`` [N, H, W]: sigma-clipped median and std of each image's
+    border pixels (outer frame of 1/8 of the side), clipped per image."""
     from astropy.stats import sigma_clipped_stats
 
-    b = max(2, min(img.shape[:2]) // 8)
-    mask = np.ones(img.shape[:2], bool)
+    b = max(2, min(imgs.shape[1:3]) // 8)
+    mask = np.ones(imgs.shape[1:3], bool)
     mask[b:-b, b:-b] = False
-    _, med, std = sigma_clipped_stats(img[mask], sigma=3.0)
-    return float(med), float(std)
+    _, med, std = sigma_clipped_stats(imgs[:, mask], sigma=3.0, axis=1)
+    return np.stack([np.asarray(med, float), np.asarray(std, float)], axis=1)
+
+
+def _morphology_chunk(lums: Sequence[np.ndarray]) -> list[tuple[list[float], str]]:
+    return [_morphology_one(lum) for lum in lums]
+
+
+class MorphologyPool:
+    """statmorph of the luminance images of several sets in one process pool, running while the caller
+    computes everything else (:func:`evaluate` submits every set at once, then waits).
+
+    ``submit(key, lum)`` with ``lum`` [M, H, W] starts the work; ``result(key)`` waits for it and
+    returns the M (values, flag) pairs in order. ``workers == 1`` computes in the caller, at ``result``.
+    """
+
+    def __init__(self, workers: int, chunk: int = 4, progress: Optional[Progress] = None):
+        self.workers, self.chunk, self.progress = workers, chunk, progress
+        self._ex = ProcessPoolExecutor(workers) if workers > 1 else None
+        self._jobs: dict[str, list] = {}
+        self._total = self._done = 0
+
+    def submit(self, key: str, lum: np.ndarray) -> None:
+        parts = [lum[k : k + self.chunk] for k in range(0, len(lum), self.chunk)]
+        self._total += len(lum)
+        self._jobs[key] = [self._ex.submit(_morphology_chunk, list(p)) for p in parts] if self._ex else parts
+
+    def result(self, key: str) -> list[tuple[list[float], str]]:
+        out: list[tuple[list[float], str]] = []
+        for part in self._jobs.pop(key):
+            res = part.result() if self._ex else _morphology_chunk(list(part))
+            out += res
+            self._done += len(res)
+            if self.progress:
+                self.progress("morphology", self._done / max(1, self._total))
+        return out
+
+    def close(self) -> None:
+        if self._ex:
+            self._ex.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> "MorphologyPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def galaxy_statistics(x: np.ndarray, morph_idx: Optional[np.ndarray] = None, workers: int = 1,
-                      progress: Optional[Progress] = None, bands: Optional[Sequence[str]] = None) -> StatTable:
+                      progress: Optional[Progress] = None, bands: Optional[Sequence[str]] = None,
+                      morphology: Optional[Sequence[tuple[list[float], str]]] = None) -> StatTable:
     """Galaxy statistics for ``x`` [N, H, W, C] in [0, 1]: :func:`image_statistics` plus
 
     - non-parametric morphology of the central source with statmorph (photutils segmentation at
@@ -249,6 +295,9 @@ def galaxy_statistics(x: np.ndarray, morph_idx: Optional[np.ndarray] = None, wor
       ``morph_idx``, default all; NaN and a flag where statmorph fails);
     - sky level and sky noise (border frame) of the luminance image;
     - integrated colours of adjacent channels, -2.5 log10(F_a / F_b), within the central 3 x r50.
+
+    ``morphology``: the statmorph results of the images in ``morph_idx`` when already computed (a
+    :class:`MorphologyPool`), else they are computed here with ``workers`` processes.
     """
     x = _check_set(x)
     base = image_statistics(x, bands)
@@ -259,23 +308,17 @@ def galaxy_statistics(x: np.ndarray, morph_idx: Optional[np.ndarray] = None, wor
     flags = ["not measured (subset)"] * n
     for i in idx:
         flags[i] = ""
-    if len(idx):
-        if workers > 1 and len(idx) > 8:
-            with ProcessPoolExecutor(workers) as ex:
-                results = []
-                for k, r in enumerate(ex.map(_morphology_one, [lum[i] for i in idx], chunksize=4)):
-                    results.append(r)
-                    if progress and k % 8 == 0:
-                        progress("morphology", k / len(idx))
-        else:
-            results = []
-            for k, i in enumerate(idx):
-                results.append(_morphology_one(lum[i]))
-                if progress and k % 8 == 0:
-                    progress("morphology", k / len(idx))
-        for i, (vals, flag) in zip(idx, results):
+    if morphology is None and len(idx):
+        with MorphologyPool(workers if len(idx) > 8 else 1, progress=progress) as pool:
+            pool.submit("x", lum[idx])
+            morphology = pool.result("x")
+    if morphology is not None:
+        if len(morphology) != len(idx):
+            raise ValueError(f"{len(morphology)} morphology results for {len(idx)} images")
+        for i, (vals, flag) in zip(idx, morphology):
             morph[i], flags[i] = vals, flag
-    sky = np.array([_sky(lum[i]) for i in range(n)])
+    sky = _sky(lum)
+    band_sky = np.stack([_sky(x[..., b])[:, 0] for b in range(c)], axis=1)  # [N, C]
     ch = _channel_names(c, bands)
     colour_names = [f"colour mag {ch[a]}-{ch[a + 1]}" for a in range(c - 1)]
     colours = np.full((n, c - 1), np.nan)
@@ -284,7 +327,7 @@ def galaxy_statistics(x: np.ndarray, morph_idx: Optional[np.ndarray] = None, wor
     for i in range(n):
         r50 = morph[i, -1] if np.isfinite(morph[i, -1]) else h / 8
         ap = rr <= max(2.0, 3 * r50)
-        f = np.array([(x[i, :, :, b] - _sky(x[i, :, :, b])[0])[ap].sum() for b in range(c)])
+        f = np.array([(x[i, :, :, b] - band_sky[i, b])[ap].sum() for b in range(c)])
         for a in range(c - 1):
             if f[a] > 0 and f[a + 1] > 0:
                 colours[i, a] = -2.5 * math.log10(f[a] / f[a + 1])
@@ -675,17 +718,24 @@ def _failed(flag: str) -> bool:
     return flag not in ("", "not measured (subset)", WARN_FLAG)
 
 
-def _compare(label: str, cand: StatTable, cand_px: np.ndarray, ref: StatTable, ref_px: np.ndarray, scale: np.ndarray,
-             st: QualitySettings, rng: np.random.Generator) -> SetComparison:
-    d, lo, hi = distances_with_ci(cand.values, ref.values, scale, st.n_boot, rng)
-    feats_c, feats_r = cand.values / scale, ref.values / scale
-    return SetComparison(
-        label, len(cand.flags), d, lo, hi,
-        c2st(feats_c, feats_r, st.c2st_folds, st.seed, "trees"),
-        c2st(cand_px, ref_px, st.c2st_folds, st.seed, "linear"),
-        frechet_distance(_impute(feats_c), _impute(feats_r)),
-        float(np.mean([_failed(f) for f in cand.flags])),
-    )
+def _compare_all(items: Sequence[tuple[str, StatTable, np.ndarray]], ref: StatTable, ref_px: np.ndarray, scale: np.ndarray,
+                 st: QualitySettings, rng: np.random.Generator) -> list[SetComparison]:
+    """Each (label, statistics, thumbnails) of ``items`` against the reference half: distances with bootstrap CIs
+    (drawn from ``rng`` in order), both C2STs (their own seeds; run ``st.workers`` at a time, one thread each)
+    and the Frechet distance."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    dists = [distances_with_ci(c.values, ref.values, scale, st.n_boot, rng) for _, c, _ in items]
+    feats_r = ref.values / scale
+    with threadpool_limits(1), ThreadPoolExecutor(st.workers) as ex:
+        tests = [(ex.submit(c2st, c.values / scale, feats_r, st.c2st_folds, st.seed, "trees"),
+                  ex.submit(c2st, c_px, ref_px, st.c2st_folds, st.seed, "linear")) for _, c, c_px in items]
+        return [SetComparison(label, len(c.flags), *d, t_stats.result(), t_px.result(),
+                              frechet_distance(_impute(c.values / scale), _impute(feats_r)),
+                              float(np.mean([_failed(f) for f in c.flags])))
+                for (label, c, _), d, (t_stats, t_px) in zip(items, dists, tests)]
 
 
 def pixel_view(x: np.ndarray, phys: Optional[PhysicalReference]) -> np.ndarray:
@@ -729,38 +779,48 @@ def evaluate(real: np.ndarray, candidates: Mapping[str, np.ndarray], kind: str, 
     picked = {k: v[rng.permutation(len(v))[:half]] if len(v) >= half else v for k, v in sets.items()}
     morph_n = min(half, st.morph_max)
 
-    def stats(x: np.ndarray, stage: str) -> StatTable:
-        sub = np.sort(rng.permutation(len(x))[:morph_n])
-        return compute_statistics(x, kind, physical_ref=phys, morph_idx=sub, workers=st.workers, bands=bands,
-                                  progress=lambda s, f: report(f"{stage}: {s}", f))
-
     groups = [("real A", real[ia]), ("real B", real[ib]), *picked.items()]
+    subs = {label: np.sort(rng.permutation(len(x))[:morph_n]) for label, x in groups}  # statmorph subsets
     view = lambda x: pixel_view(x, phys)  # noqa: E731
+    n_steps = len(groups) + 3
     tables: dict[str, StatTable] = {}
-    for k, (label, x) in enumerate(groups):
-        report(f"statistics of {label}", k / (len(groups) + 2))
-        tables[label] = stats(x, label)
+    # galaxies: statmorph (most of the time) runs for every set at once in the pool while this process
+    # measures memorization and the other statistics; each set's table is finished when its morphology is in
+    with MorphologyPool(st.workers if kind == "galaxy" else 1, progress=lambda s, f: report(f"statistics: {s}", f)) as pool:
+        if kind == "galaxy":
+            for label, x in groups:
+                pool.submit(label, _check_set(x).mean(axis=-1)[subs[label]])
+        report("memorization", 0.0)
+        real_v = view(real)
+        real_nn, _ = nearest_real(real_v, real_v, st.max_shift, exclude_self=True)
+        med = float(np.median(real_nn))
+        real_div = mean_pairwise_distance(real_v, seed=st.seed)
+        memo: dict[str, dict] = {}
+        for label in picked:
+            if memorization_of is not None and label not in memorization_of:
+                continue
+            cand_v = view(sets[label])
+            nn, idx = nearest_real(cand_v, real_v, st.max_shift)
+            memo[label] = {"nn_median": _r(float(np.median(nn))), "near_copies": _r(float((nn < st.copy_ratio * med).mean())),
+                           "diversity_ratio": _r(mean_pairwise_distance(cand_v, seed=st.seed) / real_div),
+                           "nn_distances": nn.tolist(), "nn_index": idx.tolist()}
+        px = {label: thumbnails(view(x)) for label, x in groups}
+        for k, (label, x) in enumerate(groups):
+            report(f"statistics of {label}", (k + 1) / n_steps)
+            if kind == "galaxy":
+                tables[label] = galaxy_statistics(x, subs[label], bands=bands, morphology=pool.result(label))
+            else:
+                tables[label] = compute_statistics(x, kind, physical_ref=phys, morph_idx=subs[label], bands=bands)
     ref = tables["real B"]
     scale = _scale(ref.values)
-    px = {label: thumbnails(view(x)) for label, x in groups}
-    report("comparisons", len(groups) / (len(groups) + 2))
-    floor = _compare("floor (real A vs B)", tables["real A"], px["real A"], ref, px["real B"], scale, st, rng)
-    comps = [_compare(label, tables[label], px[label], ref, px["real B"], scale, st, rng) for label in picked]
-    report("memorization", (len(groups) + 1) / (len(groups) + 2))
-    real_v = view(real)
-    real_nn, _ = nearest_real(real_v, real_v, st.max_shift, exclude_self=True)
-    med = float(np.median(real_nn))
-    real_div = mean_pairwise_distance(real_v, seed=st.seed)
+    report("comparisons", (len(groups) + 1) / n_steps)
+    floor, *comps = _compare_all([("floor (real A vs B)", tables["real A"], px["real A"]),
+                                  *((label, tables[label], px[label]) for label in picked)], ref, px["real B"], scale, st, rng)
     floor.memorization = {"nn_median": _r(med), "near_copies": _r(float((real_nn < st.copy_ratio * med).mean())),
                           "diversity_ratio": 1.0}
     for c in comps:
-        if memorization_of is not None and c.label not in memorization_of:
-            continue
-        cand_v = view(sets[c.label])
-        nn, idx = nearest_real(cand_v, real_v, st.max_shift)
-        c.memorization = {"nn_median": _r(float(np.median(nn))), "near_copies": _r(float((nn < st.copy_ratio * med).mean())),
-                          "diversity_ratio": _r(mean_pairwise_distance(cand_v, seed=st.seed) / real_div),
-                          "nn_distances": nn.tolist(), "nn_index": idx.tolist()}
+        if c.label in memo:
+            c.memorization = memo[c.label]
     report("done", 1.0)
     return QualityReport(kind, ref.names, st, len(real), floor, comps, tables, real_nn)
 
