@@ -7,8 +7,8 @@ to a temporary folder, then runs, each in a fresh process:
 
 - **all in memory**: what the command did before and what a script would do: ``load_paths`` (every
   file decoded and kept), ``to_model_input``, ``engine.invert``, ``save_latents``;
-- **oodgen invert**: the command line, chunks of ``--chunk-size`` files read ahead in threads while
-  the previous chunk inverts, checkpointed to disk.
+- **oodgen invert**: the chunked pipeline that the command runs (:mod:`oodgen.pipeline`), chunks of
+  ``--chunk-size`` files read ahead in threads while the previous chunk inverts, checkpointed to disk.
 
 Prints wall time, image-steps per second and peak resident memory of each, the ratios, how much of
 the reading the read-ahead hid behind compute, and checks that the two latent files are equal.
@@ -36,7 +36,7 @@ import json, os, resource, sys, time
 sys.path.insert(0, {repo!r})
 mode, src, out, steps, chunk, device = sys.argv[1:7]
 import torch, diffusers  # imports are not part of the measurement
-from oodgen import bulk, cli, engine, models
+from oodgen import bulk, engine, models
 t0 = time.perf_counter()
 if mode == "memory":
     from oodgen import engine
@@ -53,15 +53,19 @@ if mode == "memory":
     save_latents(out, z, {{}})
     n, waited = len(samples), t_read
 else:
-    from oodgen import bulk, cli
+    from oodgen import pipeline
+    from oodgen.config import DDIMSettings
     timings = {{}}
-    real = bulk.invert_chunks
-    bulk.invert_chunks = lambda *a, **k: real(*a, **k, timings=timings)
-    rc = cli.main(["-q", "invert", "--input", src, "--out", out, "--steps", steps, "--chunk-size", chunk, "--device", device])
-    assert rc == 0, rc
+    model, settings = models.load_model(device=device), DDIMSettings(steps=int(steps))
+    inputs = pipeline.inversion_inputs([src])
+    plan = pipeline.inversion_plan(inputs, model, settings, int(chunk))
+    store = bulk.ChunkStore(bulk.parts_dir(out))
+    inv = pipeline.invert_chunked(inputs, plan, store, lambda x, cb: engine.invert(model, x, settings, progress=cb), model.name, None,
+                                  settings, readers=bulk.cpu_readers(), timings=timings)
+    pipeline.write_latents(out, inv)
+    store.remove()
     t_read, waited = timings["read"], timings["waited"]
-    from oodgen.latents import read_metadata
-    n = len(read_metadata(out)["sources"])
+    n = len(inv.meta["sources"])
 wall = time.perf_counter() - t0
 print(json.dumps({{"wall": wall, "read": t_read, "waited": waited, "n": n, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
+from .clitext import print_table
 from .config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
 from .generated import BASELINE_METHODS
 
@@ -178,9 +179,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     import dataclasses
     import io
 
-    from . import bulk, distributed, engine
-    from .data import list_files
-    from .latents import inversion_metadata, save_latents_from_parts
+    from . import bulk, distributed, engine, pipeline
+    from .latents import save_latents_from_parts
 
     settings = DDIMSettings(t_end=args.t_end, steps=args.steps)  # batch size set once the model is loaded
     if args.chunk_size < 1:
@@ -188,16 +188,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     info = distributed.env_info()  # without torchrun: world_size 1, and nothing below changes anything
     args.device, args.quiet = distributed.local_device(args.device, info), args.quiet or not info.is_main
     with contextlib.nullcontext() if info.is_main else contextlib.redirect_stderr(io.StringIO()):
-        listing = list_files(args.input, max_files=None)  # names only: nothing is read yet
-        for _, msg in listing.errors:
-            _skipped(msg)
-        if not listing.files:
-            raise CLIError(f"no data files in {', '.join(map(str, args.input))}")
-        kind, stretch, note = bulk.probe(listing.files)  # bad input fails here, before the model loads
+        inputs = pipeline.inversion_inputs(args.input, on_skip=_skipped)  # bad input fails here, before the model loads
         model = _load_model(args)
-    plan = bulk.BulkPlan(listing.files, kind, stretch, model.resolution, model.channels,
-                         settings_key=json.dumps([model.name, args.model_config, str(model.dtype), settings.t_end, settings.steps]),
-                         chunk_files=args.chunk_size)
+    plan = pipeline.inversion_plan(inputs, model, settings, args.chunk_size, args.model_config)
     store = bulk.ChunkStore(bulk.parts_dir(args.out))
     chunks = plan.chunks
     log.info("%d files in %d chunks of %d; checkpoints in %s", len(plan.files), len(chunks), plan.chunk_files, store.root)
@@ -234,11 +227,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
                         yield distributed.recv_on_rank0(owner[k], (sizes[k], *shape[1:]))
 
             sources = [src for k in range(len(chunks)) for src in metas[k]["sources"]]
-            meta = inversion_metadata(_portable(model.name), _portable(args.model_config), model.resolution, settings, kind, sources, stretch)
+            meta = pipeline.latent_metadata(_portable(model.name), _portable(args.model_config), model.resolution, settings, inputs, sources)
             if info.world_size > 1:
                 meta["world_size"] = info.world_size
-            if note:
-                meta["stretch_note"] = note
             save_latents_from_parts(args.out, parts(), shape, meta)
             print(f"wrote {shape[0]} latents {shape[1:]} at t={settings.t_end} to {args.out}"
                   + (f"; skipped {skipped} unusable files or samples (see above)" if skipped else ""), file=sys.stderr)
@@ -270,9 +261,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from . import engine
-    from .data import Stretch
-    from .generated import draw_records, model_output_images, write_generated
+    from . import engine, pipeline
     from .latents import load_latents, source_noise
 
     if args.method in BASELINE_METHODS:
@@ -280,12 +269,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.latents:
         raise CLIError(f"--method {args.method} samples latents: pass --latents FILE (made by python -m oodgen invert)")
     z, meta = load_latents(args.latents)
-    t_end = args.t_end if args.t_end is not None else meta.get("t_end")
-    steps = args.steps if args.steps is not None else meta.get("steps")
+    recorded = pipeline.latent_settings(meta)
+    t_end = args.t_end if args.t_end is not None else recorded.t_end if recorded else None
+    steps = args.steps if args.steps is not None else recorded.steps if recorded else None
     if t_end is None or steps is None:
         raise CLIError(f"{args.latents} does not record t_end/steps; pass --t-end and --steps")
-    if args.t_end is not None and meta.get("t_end") not in (None, args.t_end):
-        raise CLIError(f"--t-end {args.t_end} differs from the latents' t_end {meta['t_end']}: the latents live at t={meta['t_end']}")
+    if args.t_end is not None and recorded is not None and recorded.t_end != args.t_end:
+        raise CLIError(f"--t-end {args.t_end} differs from the latents' t_end {recorded.t_end}: the latents live at t={recorded.t_end}")
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps))
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter, pairing=args.pairing,
@@ -296,23 +286,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with _progress_bar("generate", args.quiet) as update:
         gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta),
                               source_sky=source_noise(meta, "sky"))
-    stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
-    rgb, physical = model_output_images(gen.images, stretch)
-    names = [src.get("name") for src in meta.get("sources") or []]
-    manifest = {"method": gen_settings.method, "latents": str(args.latents), "model": model.name, "ddim": ddim_settings.to_json(),
-                "generation": gen_settings.to_json()}
-    write_generated(args.out, rgb, physical, draw_records(gen.draws, names), manifest, unit=stretch.unit if stretch else None,
-                    latents=gen.latents if args.save_latents else None,
-                    latents_meta={**meta, "generated_from": str(args.latents), "sources": None})
-    print(f"wrote {len(gen.draws)} images to {args.out}" + (" (PNG + physical .npy)" if physical is not None else ""), file=sys.stderr)
+    pipeline.write_sampled_set(args.out, gen, meta, model.name, ddim_settings, gen_settings, {"latents": str(args.latents)},
+                               save_latents=args.save_latents)
+    print(f"wrote {len(gen.draws)} images to {args.out}" + (" (PNG + physical .npy)" if meta.get("stretch") else ""), file=sys.stderr)
     return 0
 
 
 def _pixel_sources(args: argparse.Namespace) -> tuple[list, int, Optional[object], Optional[dict]]:
     """(source samples, side, stretch, latent metadata) for --method pixel: --input, put in the order of the latent
     file's recorded sources (by SHA-256) when --latents is given, at its resolution and stretch."""
-    from .data import Stretch
     from .latents import read_metadata
+    from .pipeline import latent_stretch
 
     if not args.input:
         raise CLIError("--method pixel crossfades the source images themselves: pass --input DIR (the folder you inverted)")
@@ -327,15 +311,14 @@ def _pixel_sources(args: argparse.Namespace) -> tuple[list, int, Optional[object
         raise CLIError(f"--input does not hold {'the sources' if not recorded else f'{len(missing)} of the {len(recorded)} sources'} "
                        f"that {args.latents} records{' (e.g. ' + ', '.join(map(str, missing[:3])) + ')' if missing else ''}; "
                        "pass the folder you inverted, or leave out --latents")
-    stretch = Stretch.from_json(meta["stretch"]) if meta.get("stretch") else None
-    return [by_hash[src["sha256"]] for src in recorded], int(meta.get("resolution") or samples[0].data.shape[0]), stretch, meta
+    return [by_hash[src["sha256"]] for src in recorded], int(meta.get("resolution") or samples[0].data.shape[0]), latent_stretch(meta), meta
 
 
 def _generate_baseline(args: argparse.Namespace) -> int:
     """generate --method pixel (crossfades of random pairs of the sources) or finetune (a fine-tuned model's own prior)."""
     from . import finetune
-    from .data import Stretch
     from .generated import model_output_images, write_generated
+    from .pipeline import generated_manifest, latent_stretch
 
     if args.method == "pixel":
         from .crossfade import crossfade_set
@@ -343,9 +326,11 @@ def _generate_baseline(args: argparse.Namespace) -> int:
         samples, side, stretch, meta = _pixel_sources(args)
         rgb, physical, records = crossfade_set(samples, args.n, side, args.alpha, args.seed, stretch)
         unit = next((s.unit for s in samples if s.unit), None) if physical is not None else None
-        manifest = {"method": "pixel", "latents": str(args.latents) if args.latents else None, "model": None,
-                    "inputs": [str(p) for p in args.input], "resolution": side,
-                    "generation": {"method": "pixel", "alpha": args.alpha, "seed": args.seed}}
+        kind = (meta or {}).get("kind") or samples[0].kind
+        manifest = generated_manifest("pixel", None, (meta or {}).get("ddim"), {"method": "pixel", "alpha": args.alpha, "seed": args.seed},
+                                      kind, stretch.to_json() if stretch is not None else None,
+                                      {"latents": str(args.latents) if args.latents else None, "inputs": [str(p) for p in args.input]},
+                                      resolution=side)
     else:
         if not args.model:
             raise CLIError("--method finetune samples a fine-tuned model: pass --model FOLDER (made by python -m oodgen finetune)")
@@ -356,14 +341,14 @@ def _generate_baseline(args: argparse.Namespace) -> int:
         steps = args.steps if args.steps is not None else DDIMSettings().steps
         with _progress_bar("generate", args.quiet) as update:
             images = finetune.sample(model, args.n, steps, args.eta, args.seed, _batch_size(args, model, n=args.n), progress=update)
-        stretch = Stretch.from_json(record["stretch"]) if record.get("stretch") else None
+        stretch = latent_stretch(record)
         rgb, physical = model_output_images(images, stretch)
         records = finetune.prior_records(args.n)
         unit = stretch.unit if stretch is not None else None
-        manifest = {"method": "finetune", "model": _portable(args.model), "base_model": record.get("base_model"),
-                    "finetune": {k: record.get(k) for k in ("steps", "seconds", "n_images")},
-                    "ddim": {"t_end": model.num_train_timesteps - 1, "steps": min(steps, model.num_train_timesteps - 1)},
-                    "generation": {"method": "finetune", "eta": args.eta, "seed": args.seed, "steps": steps}}
+        manifest = generated_manifest("finetune", _portable(args.model), {"t_end": model.num_train_timesteps - 1, "steps": min(steps, model.num_train_timesteps - 1)},
+                                      {"method": "finetune", "eta": args.eta, "seed": args.seed, "steps": steps}, record.get("kind"),
+                                      record.get("stretch"), {"inputs": record.get("inputs")}, base_model=record.get("base_model"),
+                                      finetune={k: record.get(k) for k in ("steps", "seconds", "n_images")})
     write_generated(args.out, rgb, physical, records, manifest, unit=unit)
     print(f"wrote {len(rgb)} images ({args.method}) to {args.out}" + (" (PNG + physical .npy)" if physical is not None else ""),
           file=sys.stderr)
@@ -405,19 +390,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(rows: list[dict], file=None) -> None:
-    """Rows of equal keys as an aligned text table (stdout by default)."""
-    if not rows:
-        return
-    file = file or sys.stdout
-    keys = list(rows[0])
-    widths = [max(len(str(k)), *(len(str(r[k])) for r in rows)) for k in keys]
-    print("  ".join(str(k).ljust(w) for k, w in zip(keys, widths)), file=file)
-    print("  ".join("-" * w for w in widths), file=file)
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)), file=file)
-
-
 @contextmanager
 def _stage_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """progress(stage, done, total) with one tqdm bar per stage."""
@@ -450,7 +422,7 @@ def _write_outputs(args: argparse.Namespace, payload: dict, report=None, figures
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from . import diagnostics, engine
+    from . import diagnostics, pipeline
     from .latents import count_latents, load_latents
 
     if args.max_n < 2:
@@ -471,31 +443,32 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             names = [names[i] for i in rows]
         return z, meta, names
 
+    def t_end_of(m: dict) -> Optional[int]:
+        recorded = pipeline.latent_settings(m)
+        return recorded.t_end if recorded is not None else None
+
     z_ood, meta, names_ood = sample(args.ood)
+    t_end = t_end_of(meta)
     if args.id:
         z_id, meta_id, names_id = sample(args.id)
-        if meta_id.get("t_end") != meta.get("t_end") or meta_id.get("model") != meta.get("model"):
-            print(f"oodgen: warning: ID latents (model {meta_id.get('model')}, t={meta_id.get('t_end')}) and OOD latents "
-                  f"(model {meta.get('model')}, t={meta.get('t_end')}) differ", file=sys.stderr)
-        id_source = f"inverted in-domain images from {args.id} (n={len(z_id)})"
+        if t_end_of(meta_id) != t_end or meta_id.get("model") != meta.get("model"):
+            print(f"oodgen: warning: ID latents (model {meta_id.get('model')}, t={t_end_of(meta_id)}) and OOD latents "
+                  f"(model {meta.get('model')}, t={t_end}) differ", file=sys.stderr)
+        id_source = pipeline.reference_label("inverted", len(z_id), where=args.id)
     else:
-        t_end = int(meta.get("t_end", 999))
-        if t_end >= 999:
-            z_id = diagnostics.prior_latents(args.id_prior, tuple(z_ood.shape[1:]), seed=args.seed)
-            id_source = f"model prior N(0, I) at t=999 (n={args.id_prior})"
-        else:
-            model = _load_model(args, meta)
-            prior = engine.prior_latents(model, args.id_prior, [t_end], steps=int(meta.get("steps", 50)), seed=args.seed)
-            z_id = prior[t_end]
-            id_source = f"model prior N(0, I) at t={model.num_train_timesteps - 1} pushed to t={t_end} by DDIM (n={args.id_prior})"
+        recorded = pipeline.latent_settings(meta) or DDIMSettings(t_end=999, steps=50)
+        model = _load_model(args, meta) if recorded.t_end < 999 else None  # the prior at t=999 needs no model
+        prior, id_source = pipeline.id_reference(model, [recorded.t_end], n_prior=args.id_prior, shape=tuple(z_ood.shape[1:]),
+                                                 steps=recorded.steps, seed=args.seed)
+        (z_id,) = prior.values()
         names_id = None
     with _stage_bar(args.quiet) as bar:
         report = diagnostics.diagnose(z_ood, z_id, id_source, names_ood=names_ood, names_id=names_id, seed=args.seed,
                                       with_umap=not args.no_umap, progress=lambda stage, f: bar("diagnose", int(1000 * f), 1000))
-    print(f"OOD: {args.ood} (n={report.n_ood}, model {meta.get('model')}, t={meta.get('t_end')}); ID: {id_source}; d={report.d}")
-    _print_table(diagnostics.table_rows(report))
+    print(f"OOD: {args.ood} (n={report.n_ood}, model {meta.get('model')}, t={t_end}); ID: {id_source}; d={report.d}")
+    print_table(diagnostics.table_rows(report))
     payload = report.to_json()
-    payload["ood_file"], payload["t_end"], payload["model"] = str(args.ood), meta.get("t_end"), meta.get("model")
+    payload["ood_file"], payload["t_end"], payload["model"] = str(args.ood), t_end, meta.get("model")
     _write_outputs(args, payload, report)
     return 0
 
@@ -513,7 +486,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rows, label = sweep.t_sweep(model, x_ood, args.t, x_id=x_id, n_prior=args.id_prior or 0, steps=args.steps,
                                     batch_size=_batch_size(args, model), seed=args.seed, progress=bar)
     print(f"t sweep of {len(ood_samples)} OOD samples with {model.name}; ID: {label}")
-    _print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    print_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
     payload = {"model": model.name, "id_source": label, "steps": args.steps, "rows": rows}
     _write_outputs(args, payload, figures={"t sweep": diagnostics.t_sweep_figure(rows)})
     return 0
@@ -563,7 +536,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                                   progress=lambda stage, frac: update(int(round(frac * 1000)), 1000))
         figures["diversity vs number of sources"] = evaluation.diversity_figure(extra["diversity_curve"])
     evaluation.write_search_report(rows, ev, args.json, args.html, extra=extra, figures=figures)
-    _print_table(rows)
+    print_table(rows)
     best = next(r for r in rows if r["best"])
     print(f"best: t_end {best['t_end']}, eta {best['eta']:g}, pairing {best['pairing']}, noise {best['noise']} (C2ST {best['c2st_stats']:.3f}; "
           f"floor {ev.report.summary()[0]['c2st_stats']:.3f})")
@@ -745,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.set_defaults(func=cmd_search)
 
-    from .cli_mos import add_mos_commands  # imported here: cli_mos and cli must not import each other at load time
+    from .cli_mos import add_mos_commands
 
     add_mos_commands(sub)
     return p

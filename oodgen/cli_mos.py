@@ -15,71 +15,33 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# data files a study item may be, in order of preference when one stem has several (gen_0001.png + gen_0001.npy)
-_RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-_PHYSICAL = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fz", ".npy")
-
-
-def _suffix(name: str) -> str:
-    low = name.lower()
-    for s in sorted(_RASTER + _PHYSICAL, key=len, reverse=True):
-        if low.endswith(s):
-            return s
-    return ""
-
-
-def collect_images(paths: list[str]) -> list[Path]:
-    """Image files named by ``paths`` (files, or folders searched recursively, hidden entries skipped), sorted.
-
-    In a folder, a file whose stem also exists as a PNG/JPEG/TIFF/WebP (``gen_0001.npy`` beside
-    ``gen_0001.png``) is left out, so that every image is taken once.
-    """
-    from .ratings import RatingError
-
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            if not _suffix(p.name):
-                raise RatingError(f"{p}: not an image file; pass PNG, JPEG, TIFF, WebP, FITS or .npy files, or folders of them")
-            out.append(p)
-        elif p.is_dir():
-            best: dict[tuple[Path, str], Path] = {}
-            rank = {s: k for k, s in enumerate(_RASTER + _PHYSICAL)}
-            for f in sorted(p.rglob("*")):
-                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts) or not _suffix(f.name):
-                    continue
-                key = (f.parent, f.name[: -len(_suffix(f.name))])
-                if key not in best or rank[_suffix(f.name)] < rank[_suffix(best[key].name)]:
-                    best[key] = f
-            found = sorted(best.values())
-            if not found:
-                raise RatingError(f"{p}: no image files in this folder (PNG, JPEG, TIFF, WebP, FITS, .npy)")
-            out.extend(found)
-        else:
-            raise RatingError(f"{p}: no such file or folder")
-    return out
-
-
 def _generated_json(paths: list[str]) -> dict[str, Any]:
     """``generated.json`` of the first folder that has one (written by ``python -m oodgen generate``), or {}."""
+    from .generated import MANIFEST
+
     for p in map(Path, paths):
-        if (p / "generated.json").is_file():
+        if (p / MANIFEST).is_file():
             try:
-                return json.loads((p / "generated.json").read_text(encoding="utf-8"))
+                return json.loads((p / MANIFEST).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return {}
     return {}
 
 
 def cmd_mos_create_study(args: argparse.Namespace) -> int:
+    from .generated import MANIFEST
+    from .pipeline import collect_study_files, generated_study_items
     from .ratings import StudyItem, create_study
 
-    real = collect_images(args.real)
-    generated = collect_images(args.generated)
+    real = collect_study_files(args.real)
     manifest = _generated_json(args.generated)
     method = args.method if args.method is not None else str((manifest.get("generation") or {}).get("method") or "")
     model = args.model if args.model is not None else str(manifest.get("model") or "")
-    items = [StudyItem(p, "real") for p in real] + [StudyItem(p, "generated", method, model) for p in generated]
+    generated: list[StudyItem] = []
+    for p in args.generated:  # a generated set's folder: its images, physical ones shown from their maps as the app does
+        generated += (generated_study_items(p, {"method": method, "model": model}) if (Path(p) / MANIFEST).is_file()
+                      else [StudyItem(f, "generated", method, model) for f in collect_study_files([p])])
+    items = [StudyItem(p, "real") for p in real] + generated
     study = create_study(args.home, args.id, args.domain, items, instructions=args.instructions, repeat_fraction=args.repeat_fraction,
                          seed=args.seed, display_size=args.display_size)
     print(f"created study {study.study_id}: {len(study.items)} items ({len(real)} real, {len(generated)} generated"
@@ -92,7 +54,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def cmd_mos_summary(args: argparse.Namespace) -> int:
-    from .cli import _print_table
+    from .clitext import print_table
     from .ratings import RatingError, summarize
 
     summary = summarize(Path(args.ratings))
@@ -102,7 +64,7 @@ def cmd_mos_summary(args: argparse.Namespace) -> int:
     if not summary.groups:
         raise RatingError(f"{args.ratings} holds no ratings yet")
     print(f"{args.ratings}: {summary.n_ratings} ratings (first ratings per condition; repeats only for consistency)")
-    _print_table([{"study": g.study, "domain": g.domain, "method": g.method or "-", "source": g.source, "n": g.n,
+    print_table([{"study": g.study, "domain": g.domain, "method": g.method or "-", "source": g.source, "n": g.n,
                    "MOS +- std": g.mos_pm_std, "95% CI": f"[{_fmt(g.ci95_low)}, {_fmt(g.ci95_high)}]" + ("*" if g.ci95_clipped else "")}
                   for g in summary.groups])
     clipped = any(g.ci95_clipped for g in summary.groups)
@@ -111,7 +73,7 @@ def cmd_mos_summary(args: argparse.Namespace) -> int:
     alpha = summary.krippendorff_alpha
     print(f"\nKrippendorff's alpha (ordinal, first ratings): {_fmt(alpha, 3) if alpha is not None else 'undefined (needs 2 raters on an item and some variation)'}")
     print()
-    _print_table([{"study": r.study, "rater": r.rater, "n": r.n, "mean": _fmt(r.mean), "repeats": r.n_repeats,
+    print_table([{"study": r.study, "rater": r.rater, "n": r.n, "mean": _fmt(r.mean), "repeats": r.n_repeats,
                    "repeat |diff|": _fmt(r.repeat_mad), "repeat agree": _fmt(r.repeat_agreement),
                    "flag": "straight-liner" if r.straight_liner else ""} for r in summary.raters])
     return 0

@@ -94,6 +94,7 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fi
 ARRAY_SUFFIXES = (".npy", ".npz")
 ARCHIVE_SUFFIXES = (".zip",)
 DATA_SUFFIXES = IMAGE_SUFFIXES + FITS_SUFFIXES + ARRAY_SUFFIXES
+STUDY_SUFFIXES = IMAGE_SUFFIXES + FITS_SUFFIXES + (".npy",)  # one image per file, what a MOS study item can be (in order of preference)
 SUPPORTED = "PNG, JPEG, TIFF, WebP, FITS (.fits/.fit/.fts, also .gz and .fz), NumPy .npy/.npz, and .zip archives of these"
 MANIFEST = "manifest.json"
 # image / science formats people may expect to work: reported as errors in folders, not ignored
@@ -163,7 +164,7 @@ class LoadReport:
 # ------------------------------------------------------------------------------------------------
 
 
-def _suffix(name: str) -> str:
+def file_suffix(name: str) -> str:
     """Lower-case file type, including a compression suffix where it matters ('.fits.gz')."""
     low = name.lower()
     for s in sorted(FITS_SUFFIXES, key=len, reverse=True):
@@ -600,7 +601,7 @@ def _apply_manifest(samples: list[Sample], manifest: _Manifest | None, file_name
 
 def _load_bytes(data: bytes, name: str, manifest: _Manifest | None = None) -> list[Sample]:
     """Shared by files and archive members. Raises DataError."""
-    suffix = _suffix(name)
+    suffix = file_suffix(name)
     if suffix in ARCHIVE_SUFFIXES:
         raise _err(name, "zip archives inside archives are not supported", "extract the inner archive first")
     if suffix not in DATA_SUFFIXES:
@@ -679,14 +680,14 @@ def _load_zip(data: bytes, name: str, report: LoadReport) -> None:
         if _hidden(path.parts):
             continue
         folder = str(path.parent) if str(path.parent) != "." else ""
-        kind = _kind_of_suffix(_suffix(member))
-        manifest = manifest_of(folder) if kind == "data" and _suffix(member) in IMAGE_SUFFIXES else None
+        kind = _kind_of_suffix(file_suffix(member))
+        manifest = manifest_of(folder) if kind == "data" and file_suffix(member) in IMAGE_SUFFIXES else None
         if kind == "other" or (manifest is not None and manifest.bands):
             report.ignored.append(display)
             continue
         try:
             if kind == "unsupported":
-                raise _unsupported(display, _suffix(member))
+                raise _unsupported(display, file_suffix(member))
             report.samples.extend(_load_bytes(_read_member(zf, info, display), display, manifest_of(folder)))
         except DataError as e:
             report.errors.append((display, str(e)))
@@ -703,7 +704,7 @@ def _folder_manifest(folder: Path, cache: dict[Path, _Manifest | None]) -> _Mani
 
 
 def _load_disk_file(path: Path, name: str, cache: dict[Path, _Manifest | None]) -> list[Sample]:
-    suffix = _suffix(path.name)
+    suffix = file_suffix(path.name)
     manifest = _folder_manifest(path.parent, cache) if suffix in ARRAY_SUFFIXES else None
     return _load_bytes(_read_path(path, name), name, manifest)
 
@@ -716,7 +717,7 @@ def load_file(path: str | Path) -> list[Sample]:
     path = Path(path)
     if path.is_dir():
         raise _err(path.name or str(path), "is a folder", "use load_paths for folders")
-    if _suffix(path.name) in ARCHIVE_SUFFIXES:
+    if file_suffix(path.name) in ARCHIVE_SUFFIXES:
         report = LoadReport()
         _load_zip(_read_path(path, path.name), path.name, report)
         if report.errors:
@@ -743,7 +744,7 @@ def _walk(root: Path, listing: FileList, budget: int | None, max_files: int | No
             if _hidden([fn]):
                 continue
             rel = (folder / fn).relative_to(root).parts
-            suffix = _suffix(fn)
+            suffix = file_suffix(fn)
             kind = _kind_of_suffix(suffix)
             manifest = _folder_manifest(folder, cache) if kind == "data" and suffix in IMAGE_SUFFIXES else None
             if kind == "other" or (manifest is not None and manifest.bands):
@@ -795,10 +796,10 @@ def read_files(files: Sequence[tuple[str, Path]], report: LoadReport | None = No
     cache: dict[Path, _Manifest | None] = {}
     for name, path in files:
         try:
-            if _suffix(path.name) in ARCHIVE_SUFFIXES:
+            if file_suffix(path.name) in ARCHIVE_SUFFIXES:
                 _load_zip(_read_path(path, name), name, report)
-            elif _kind_of_suffix(_suffix(path.name)) == "unsupported":
-                raise _unsupported(name, _suffix(path.name))
+            elif _kind_of_suffix(file_suffix(path.name)) == "unsupported":
+                raise _unsupported(name, file_suffix(path.name))
             else:
                 report.samples.extend(_load_disk_file(path, name, cache))
         except DataError as e:

@@ -81,7 +81,7 @@ __all__ = [
     "d_quarter", "noise_floor", "separation_criterion", "svm_separability", "sample_radii",
     "radius_test", "coordinate_normality", "umap_embedding", "umap_figure", "radius_figure",
     "angle_histograms_figure", "table_rows", "t_sweep_figure", "diagnose", "write_html_report",
-    "prior_latents",
+    "gaussian_prior",
 ]
 
 Progress = Callable[[str, float], None]
@@ -882,7 +882,7 @@ def diagnose(
     k_folds: int = 5,
     n_coords: int = 256,
 ) -> DiagnosticsReport:
-    """All diagnostics of an OOD latent set against an ID reference set (e.g. :func:`prior_latents`).
+    """All diagnostics of an OOD latent set against an ID reference set (e.g. :func:`gaussian_prior`).
 
     The Gram of the stacked [ID; OOD] sets is computed once (O((n_id + n_ood)^2 d)) and shared by the
     geometry of both sets, the centre distance, the SVM, the radii and UMAP's PCA. ``progress(stage,
@@ -1178,7 +1178,7 @@ def write_html_report(report: DiagnosticsReport, path: str | os.PathLike, extra_
 # ID reference from the model's own prior
 # --------------------------------------------------------------------------------------------------
 
-def prior_latents(
+def gaussian_prior(
     n: int,
     shape: Sequence[int],
     alphas_cumprod: Optional[Sequence[float] | np.ndarray | torch.Tensor] = None,

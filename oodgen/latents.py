@@ -1,8 +1,9 @@
 """Latent files: safetensors with one tensor ``latents`` [N, C, H, W] and JSON metadata.
 
-Metadata (all JSON under the safetensors metadata key ``oodgen``): model id, resolution,
-t_end, steps, source names and content hashes, the stretch used for physical data, the data
-kind, oodgen version and creation time. Loading memory-maps the file and reads only the
+Metadata (all JSON under the safetensors metadata key ``oodgen``, written by
+:func:`oodgen.pipeline.latent_metadata`): model id, resolution, the DDIM settings (``ddim``), source
+names and content hashes, the stretch used for physical data, the data kind, oodgen version and
+creation time. Loading memory-maps the file and reads only the
 ``latents`` tensor (or just the metadata with :func:`read_metadata`).
 """
 
@@ -149,16 +150,3 @@ def source_noise(meta: dict[str, Any], key: str = "noise") -> Optional[list[floa
     if not sigs:
         return None
     return [statistics.median(col) for col in zip(*sigs)]
-
-
-def inversion_metadata(model: str, model_config: Any, resolution: int, settings: Any, kind: str, sources: list[dict[str, str]], stretch: Any) -> dict[str, Any]:
-    """The metadata every inverted-latents file carries: model, settings, data kind, sources (:func:`sources_of`), stretch."""
-    return {
-        "model": model,
-        "model_config": model_config,
-        "resolution": resolution,
-        **settings.to_json(),
-        "kind": kind,
-        "sources": sources,
-        "stretch": stretch.to_json() if stretch is not None else None,
-    }

@@ -29,13 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ratings, scratch, tasks, uploads, zerogpu
+from . import pipeline, ratings, scratch, tasks, uploads, zerogpu
 from .config import DDIMSettings, GenerationSettings
-from .data import FITS_SUFFIXES, IMAGE_SUFFIXES, LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
+from .data import LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
 from .models import FrozenDDPM
 from .sampling import interpolate, interpolation_centre, interpolation_strip
 from .fsutil import atomic_write
+from .generated import image_files
 from .workspace import Workspace, WorkspaceError, check_name, owner_from_key, owner_from_login
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 DISPLAY_SIDE = 192  # pixels of a displayed sample (small models are upscaled with nearest neighbour)
 THUMB_SIDE = 64  # pixels of a thumbnail
 get_model = tasks.get_model
-STUDY_SUFFIXES = IMAGE_SUFFIXES + FITS_SUFFIXES + (".npy",)  # one image per file: what a study item can be
 
 
 class UserError(ValueError):
@@ -265,14 +265,23 @@ def jobs_html(owner: str, limit: int = 6) -> str:
         else:
             detail = html.escape(j.message)
         bar = f"<progress max='100' value='{pct if j.status != 'queued' else 0}'></progress>" if j.status in ACTIVE or j.status == "done" else ""
+        when = _job_when(j)
         rows.append(f"<div class='oodgen-job' data-status='{j.status}' id='job-{j.id}'><b>{_label(j)}</b> "
+                    f"<span class='oodgen-when'>{when}</span> "
                     f"<span class='oodgen-status'>[{j.status}]</span> {bar} <span class='oodgen-detail'>{detail}</span></div>")
     return "<div class='oodgen-jobs'>" + "".join(rows) + note_html + "</div>"
 
 
+def _job_when(job: Job) -> str:
+    """When a job started ("started 18:47 UTC"), or was queued if it has not started yet."""
+    from .display import job_time
+
+    return f"started {job_time(job.started)}" if job.started else f"queued {job_time(job.created)}"
+
+
 def active_jobs(owner: str) -> list[tuple[str, str]]:
     """(label, id) of the owner's queued or running jobs."""
-    return [(f"{j.label} [{j.status}]", j.id) for j in backend().jobs.jobs(owner) if j.status in ACTIVE]
+    return [(f"{j.label} [{j.status}, {_job_when(j)}]", j.id) for j in backend().jobs.jobs(owner) if j.status in ACTIVE]
 
 
 def cancel_job(owner: str, job_id: Optional[str]) -> str:
@@ -319,7 +328,7 @@ def start_invert(owner: str, dataset_ref: str, model_name: str, settings: DDIMSe
     top = model.num_train_timesteps - 1
     if not 1 <= settings.t_end <= top:  # refused, never clamped: the run must be what was asked for
         raise UserError(f"t_end {settings.t_end} is outside {model.name}'s schedule (1 to {top}); pick a value in that range")
-    label = f"invert {ds} with {model.name} (t={settings.t_end}, {settings.steps} steps)"
+    label = f"invert {ds}{f' as run {name!r}' if name else ''} with {model.name} (t={settings.t_end}, {settings.steps} steps)"
     return backend().jobs.submit("invert", owner, label, {"dataset": dataset_ref, "model": model_name,
                                                            "settings": settings.to_json(), "name": name})
 
@@ -610,7 +619,7 @@ def generated_gallery(owner: str, gen_id: str, limit: int = 60) -> list[tuple[np
     from PIL import Image
 
     rec = _generated(owner, gen_id)
-    files = sorted((rec.root / "images").glob("*.png"))[:limit]
+    files = image_files(rec.root)[:limit]
     return [(upscale(np.asarray(Image.open(f).convert("RGB")), 128), f.stem) for f in files]
 
 
@@ -794,7 +803,7 @@ def _png_hashes(rec) -> frozenset:
     key = (rec.id, rec.created)
     with _HASHES_LOCK:
         if key not in _HASHES:
-            _HASHES[key] = frozenset(hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted((rec.root / "images").glob("*.png")))
+            _HASHES[key] = frozenset(hashlib.sha256(f.read_bytes()).hexdigest() for f in image_files(rec.root))
         return _HASHES[key]
 
 
@@ -1001,17 +1010,18 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
     items: list[StudyItem] = []
     for gid in generated_ids:
         rec = _generated(owner, gid)
-        files = sorted((rec.root / "images").glob("*.png"))
-        method = rec.meta.get("generation", {}).get("method", "")
         # a physical set is shown from its maps (in the data's units), with the real maps' stretch; the PNG stays the record
-        items += [StudyItem(f, "generated", method, rec.meta.get("model", ""), data=_physical_twin(f)) for f in files[:n]]
+        items += pipeline.generated_study_items(rec.root, rec.meta, n)
     if real_ref.startswith("bundled:"):
         from .bundled import SAMPLE_SETS
 
         folder = SAMPLE_SETS[real_ref.split(":", 1)[1]].path
     else:
         folder = backend().ws.get("datasets", real_ref, owner).root / "files"
-    real = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in STUDY_SUFFIXES)
+    try:
+        real = pipeline.collect_study_files([folder])
+    except ratings.RatingError as e:
+        raise UserError(_public(str(e))) from None
     items += [StudyItem(f, "real") for f in real[:n]]
     study_id = (study_id or "").strip()
     if study_id in study_choices():
@@ -1027,12 +1037,6 @@ def create_study(owner: str, study_id: str, domain: str, generated_ids: Sequence
         look += ", physical maps with one stretch fitted on the real ones"
     return (f"Created study **{study.study_id}**: {len(study.items)} items ({len(study.items) - n_real} generated, {n_real} real), "
             f"{study.n_repeats} repeats per rater; {look}. Raters pick it in the Rate tab.")
-
-
-def _physical_twin(png: Path) -> Optional[Path]:
-    """The physical map ``physical/<name>.npy`` saved beside a generated set's ``images/<name>.png``, if there is one."""
-    npy = png.parent.parent / "physical" / f"{png.stem}.npy"
-    return npy if npy.is_file() else None
 
 
 def _public(message: str) -> str:

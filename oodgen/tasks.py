@@ -17,20 +17,20 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import bulk, engine, zerogpu
+from . import bulk, engine, pipeline, zerogpu
 from .ddim import Cancelled
 from .bundled import SAMPLE_SETS
 from .config import DDIMSettings, GenerationSettings
-from .data import LoadReport, Sample, Stretch, list_files, load_paths, to_model_input, to_uint8_rgb
-from .generated import draw_records, model_output_images, write_generated
+from .data import LoadReport, Sample, Stretch, load_paths, to_model_input, to_uint8_rgb
+from .generated import data_folder, model_output_images, write_generated
 from .jobs import JobContext
 from .fsutil import atomic_dir, atomic_write, write_json
-from .latents import inversion_metadata, load_latents, save_latents_from_parts, source_noise
+from .latents import load_latents, source_noise
 from .models import FrozenDDPM, load_model
 from .workspace import Record, Workspace, WorkspaceError
 
@@ -119,13 +119,9 @@ def run_invert(ctx: JobContext) -> str:
     settings = DDIMSettings.from_json(p["settings"])
     ctx.progress(0, 0, "loading data and model")
     folder, ds_name = _dataset(ws, p["dataset"], ctx.job.owner)
-    listing = list_files([folder], max_files=None)
-    if not listing.files:
-        raise ValueError(f"dataset {ds_name!r} has no data files")
-    kind, stretch, _ = bulk.probe(listing.files)
+    inputs = pipeline.inversion_inputs([folder], what=f"dataset {ds_name!r}")
     model = get_model(p["model"])
-    plan = bulk.BulkPlan(listing.files, kind, stretch, model.resolution, model.channels,
-                         settings_key=json.dumps([model.name, settings.t_end, settings.steps]), chunk_files=CHUNK_IMAGES)
+    plan = pipeline.inversion_plan(inputs, model, settings, CHUNK_IMAGES)
     store = bulk.ChunkStore(ctx.chunk_dir)
     live = not zerogpu.active()  # progress callbacks and cancel flags cannot cross into a ZeroGPU worker
 
@@ -134,23 +130,17 @@ def run_invert(ctx: JobContext) -> str:
             raise Cancelled()
         return invert_chunk(model.name, x, settings.to_json(), progress=progress if live else None, cancel=ctx.cancelled if live else None)
 
-    chunks = range(len(plan.chunks))
-    metas = bulk.invert_chunks(plan, chunks, store, invert, settings.steps, progress=lambda d, t: ctx.progress(d, t, "inverting"))
-    sources = [src for k in chunks for src in metas[k]["sources"]]
-    skipped = [e for k in chunks for e in metas[k]["errors"]]
-    if not sources:
-        raise ValueError(f"dataset {ds_name!r} has no usable images" + (f" ({skipped[0][1]})" if skipped else ""))
+    inv = pipeline.invert_chunked(inputs, plan, store, invert, model.name, None, settings, what=f"dataset {ds_name!r}",
+                                  progress=lambda d, t: ctx.progress(d, t, "inverting"))
+    sources, skipped = inv.meta["sources"], inv.skipped
     ctx.progress(len(sources) * settings.steps, len(sources) * settings.steps, "saving")
-    thumbs = np.concatenate([to_uint8_rgb(bulk.read_chunk(plan, k).x) for k in chunks if metas[k]["sources"]])  # the same samples, read again
-    meta = inversion_metadata(model.name, None, model.resolution, settings, kind, sources, stretch)
-    shape = (len(sources), model.channels, model.resolution, model.resolution)
+    thumbs = np.concatenate([to_uint8_rgb(bulk.read_chunk(plan, k).x) for k in inv.used])  # the same samples, read again
 
     def fill(tmp: Path) -> dict:
-        save_latents_from_parts(tmp / LATENTS, bulk.chunk_parts(plan, store, chunks), shape, meta)
+        pipeline.write_latents(tmp / LATENTS, inv)
         np.save(tmp / THUMBS, thumbs)
-        return {"n": len(sources), "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": kind,
-                "settings": settings.to_json(), "names": [s["name"] for s in sources],
-                "stretch": stretch.to_json() if stretch is not None else None, "job": ctx.job.id}
+        return {"n": len(sources), "dataset": p["dataset"], "dataset_name": ds_name, "model": model.name, "kind": inputs.kind,
+                "settings": settings.to_json(), "names": [s["name"] for s in sources], "stretch": inv.meta["stretch"], "job": ctx.job.id}
 
     rec = ws.create("runs", p.get("name") or f"{ds_name} t{settings.t_end}", ctx.job.owner, fill)
     ctx.job.message = f"inverted {len(sources)} samples into run '{rec.name}'" + (f"; skipped {len(skipped)} unusable" if skipped else "")
@@ -175,8 +165,7 @@ def run_settings(rec: Record) -> DDIMSettings:
 
 
 def run_stretch(rec: Record) -> Optional[Stretch]:
-    s = rec.meta.get("stretch")
-    return Stretch.from_json(s) if s else None
+    return pipeline.latent_stretch(rec.meta)
 
 
 # ---------------------------------------------------------------- diagnostics and the t sweep
@@ -186,18 +175,11 @@ def diagnostics_dir(rec: Record, reference: str) -> Path:
     return rec.root / "diagnostics" / reference
 
 
-def _id_images(model: FrozenDDPM, reference: str) -> Optional[torch.Tensor]:
-    """The in-domain images [N, C, H, W] of ``reference``, or None for the model's prior."""
-    if reference == "prior":
-        return None
-    return to_model_input(load_paths([SAMPLE_SETS[reference].path]).samples, model.resolution, model.channels)[0]
-
-
 def _id_reference(model: FrozenDDPM, reference: str, t_values: Sequence[int], settings: DDIMSettings, n_prior: int, progress):
-    from .sweep import id_reference
-
-    return id_reference(model, t_values, x_id=_id_images(model, reference), n_prior=n_prior, steps=settings.steps,
-                        batch_size=settings.batch_size, progress=progress)
+    """The in-domain reference ``reference`` (prior | a bundled in-domain set) at each t, and its label."""
+    x_id = None if reference == "prior" else pipeline.in_domain_images(reference, model)
+    return pipeline.id_reference(model, t_values, x_id=x_id, n_prior=0 if x_id is not None else n_prior, where=None if x_id is None else reference,
+                                 steps=settings.steps, batch_size=settings.batch_size, progress=progress)
 
 
 def run_diagnose(ctx: JobContext) -> str:
@@ -252,7 +234,7 @@ def run_sweep(ctx: JobContext) -> str:
     report, _ = load_dataset(ws, rec.meta["dataset"], ctx.job.owner)
     x, _ = to_model_input(report.samples, model.resolution, model.channels, run_stretch(rec))
     t_values = sorted({int(t) for t in p.get("t_values") or sweep.DEFAULT_T_VALUES})
-    x_id = _id_images(model, p["reference"])
+    x_id = None if p["reference"] == "prior" else pipeline.in_domain_images(p["reference"], model)
     half = {"ood": 0, "id": 500}
     rows, label = sweep.t_sweep(model, x, t_values, x_id=x_id, n_prior=max(64, len(x)) if x_id is None else 0,
                                 steps=settings.steps, batch_size=settings.batch_size,
@@ -266,10 +248,9 @@ def run_sweep(ctx: JobContext) -> str:
 
 
 # ---------------------------------------------------------------- generate
-def _generated_manifest(run: Record, model_name: str, settings: DDIMSettings) -> dict:
-    """The fields every generated set of ``run`` records, whatever its method (the workspace adds id, name, owner)."""
-    return {"run": run.id, "run_name": run.name, "model": model_name, "kind": run.meta.get("kind"), "domain": run.meta.get("dataset_name"),
-            "settings": settings.to_json(), "stretch": run.meta.get("stretch")}
+def _origin(run: Record) -> dict:
+    """Where a generated set of ``run`` comes from (the workspace adds id, name, owner)."""
+    return {"run": run.id, "run_name": run.name, "domain": run.meta.get("dataset_name")}
 
 
 def run_generate(ctx: JobContext) -> str:
@@ -284,14 +265,9 @@ def run_generate(ctx: JobContext) -> str:
     gen = engine.generate(model, z, n, settings, gen_settings, progress=lambda d, t: ctx.progress(d, t, "generating"),
                           cancel=ctx.cancelled, source_noise=source_noise(file_meta),
                           source_sky=source_noise(file_meta, "sky"))
-    stretch = run_stretch(rec)
-    rgb, physical = model_output_images(gen.images, stretch)
-    manifest = {"method": gen_settings.method, **_generated_manifest(rec, model.name, settings), "generation": gen_settings.to_json()}
 
     def fill(tmp: Path) -> dict:
-        return write_generated(tmp, rgb, physical, draw_records(gen.draws, rec.meta.get("names", [])), manifest, subfolders=True,
-                               write_manifest=False, unit=stretch.unit if stretch is not None else None, latents=gen.latents,
-                               latents_meta={"model": model.name, **settings.to_json(), "run": rec.id, "generation": gen_settings.to_json()})
+        return pipeline.write_sampled_set(tmp, gen, file_meta, model.name, settings, gen_settings, _origin(rec), write_manifest=False)
 
     out = ws.create("generated", p.get("name") or f"{rec.name} {gen_settings.method}", ctx.job.owner, fill)
     ctx.job.message = f"generated {n} samples into '{out.name}'"
@@ -358,13 +334,13 @@ def run_baseline(ctx: JobContext) -> str:
         g = {"method": "finetune", "eta": float(g.get("eta", 0.0)), "seed": int(g.get("seed", 0)), "steps": steps}
     else:
         raise ValueError(f"unknown baseline method {method!r}; choose pixel or finetune")
-    manifest = {"method": method, **_generated_manifest(rec, model_name or rec.meta.get("model"), settings), "generation": g}
-    if tuned is not None:
-        manifest["finetune"] = {"steps": tuned[0].steps, "seconds": round(tuned[0].seconds, 3), "base_model": tuned[1].name,
-                                "settings": tuned[2]["settings"]}
+    extra = {} if tuned is None else {"finetune": {"steps": tuned[0].steps, "seconds": round(tuned[0].seconds, 3), "base_model": tuned[1].name,
+                                                    "settings": tuned[2]["settings"]}}
+    manifest = pipeline.generated_manifest(method, model_name or rec.meta.get("model"), settings.to_json(), g, rec.meta.get("kind"),
+                                           rec.meta.get("stretch"), _origin(rec), **extra)
 
     def fill(tmp: Path) -> dict:
-        out = write_generated(tmp, rgb, physical, records, manifest, subfolders=True, write_manifest=False,
+        out = write_generated(tmp, rgb, physical, records, manifest, write_manifest=False,
                               unit=stretch.unit if stretch is not None else None)
         if tuned is not None:
             finetune.save_tuned(tuned[0], tuned[1], tmp / TUNED_DIR, tuned[2])
@@ -405,12 +381,6 @@ def quality_source(ws: Workspace, rec: Record, owner: Optional[str]) -> tuple[Re
     return run, folder, name
 
 
-def _generated_folder(rec: Record) -> Path:
-    """The generated set's data: the physical .npy maps when it has them, else the PNGs."""
-    phys = rec.root / "physical"
-    return phys if phys.is_dir() and any(phys.glob("*.npy")) else rec.root / "images"
-
-
 def cached_quality(rec: Record) -> Optional[dict]:
     """The cached quality payload (report.json) of generated set ``rec``, or None."""
     try:
@@ -442,7 +412,7 @@ def run_quality(ctx: JobContext) -> str:
     units = 1000
     ctx.progress(0, units, "loading images")
     st = rec.meta.get("stretch") or {}
-    gen = evaluation.load_set(_generated_folder(rec), name=rec.name, unit=rec.meta.get("unit"), bands=st.get("bands"))
+    gen = evaluation.load_set(data_folder(rec.root), name=rec.name, unit=rec.meta.get("unit"), bands=st.get("bands"))
     real = evaluation.load_set(folder, name=ds_name, unit=st.get("unit"), bands=st.get("bands"))
     if len(real.x) < MIN_REAL:
         raise ValueError(f"the real set '{ds_name}' has {len(real.x)} usable images; the quality floor (real half A vs half B) "

@@ -69,7 +69,7 @@ def main() -> None:
                                               names_ood=names[label], names_id=names["faces (ID)"], seed=0)
         (args.out / f"table3_{label}.json").write_text(json.dumps(reports[label].to_json(), indent=1, allow_nan=False))
         diagnostics.write_html_report(reports[label], args.out / f"diagnostics_{label}.html")
-    prior = diagnostics.prior_latents(100, tuple(latents["faces (ID)"].shape[1:]), seed=0)
+    prior = diagnostics.gaussian_prior(100, tuple(latents["faces (ID)"].shape[1:]), seed=0)
     d = int(math.prod(latents["faces (ID)"].shape[1:]))
     g_id = reports["galaxy"].geometry_id
     print(f"\n### Latent geometry at t_end = {args.t_end} (d = {d}, d^(1/4) = {d ** 0.25:.2f}); ID = 100 inverted faces\n")

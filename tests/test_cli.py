@@ -28,7 +28,7 @@ def test_invert_then_generate_images(tiny_pipeline_dir, pngs, tmp_path, capsys):
     assert main(["-q", "invert", "--input", str(pngs), "--out", str(out), "--model", str(tiny_pipeline_dir), "--t-end", "800", "--steps", "8", "--batch-size", "2"]) == 0
     z, meta = load_latents(out)
     assert z.shape == (5, 3, 8, 8)
-    assert meta["t_end"] == 800 and meta["steps"] == 8 and meta["kind"] == "image" and meta["stretch"] is None
+    assert meta["ddim"]["t_end"] == 800 and meta["ddim"]["steps"] == 8 and meta["kind"] == "image" and meta["stretch"] is None
     assert [s["name"] for s in meta["sources"]] == [f"imgs/im{k}.png" for k in range(5)]
     assert all(len(s["sha256"]) == 64 for s in meta["sources"])
     gen = tmp_path / "gen"
@@ -160,17 +160,17 @@ def test_batch_size_auto_is_the_default_and_falls_back_when_the_probe_fails(tiny
     out = tmp_path / "z.safetensors"
     common = ["-q", "invert", "--input", str(pngs), "--out", str(out), "--model", str(tiny_pipeline_dir), "--steps", "2", "--device", "cpu"]
     assert main(common) == 0
-    assert load_latents(out)[1]["batch_size"] == 5  # auto on CPU: 32, clipped to the 5 images
+    assert load_latents(out)[1]["ddim"]["batch_size"] == 5  # auto on CPU: 32, clipped to the 5 images
 
     def broken(*a, **k):
         raise RuntimeError("probe exploded")
 
     monkeypatch.setattr(engine, "auto_batch_size", broken)
     assert main(common) == 0
-    assert load_latents(out)[1]["batch_size"] == 32
+    assert load_latents(out)[1]["ddim"]["batch_size"] == 32
     assert "could not size the batch to the device memory (RuntimeError: probe exploded); using 32" in caplog.text
     assert main([*common, "--batch-size", "3"]) == 0  # a number never probes
-    assert load_latents(out)[1]["batch_size"] == 3
+    assert load_latents(out)[1]["ddim"]["batch_size"] == 3
     with pytest.raises(SystemExit):
         main([*common, "--batch-size", "0"])
     assert "0 must be at least 1" in capsys.readouterr().err

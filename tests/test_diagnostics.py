@@ -274,7 +274,7 @@ REQUIRED = ["d", "d_quarter", "n_id", "n_ood", "id_source", "pair_angle_deg", "o
 
 def test_diagnose_json_and_html(tmp_path):
     d = 3 * 16 * 16
-    x_id = D.prior_latents(50, (3, 16, 16), seed=1)
+    x_id = D.gaussian_prior(50, (3, 16, 16), seed=1)
     x_ood = gauss(40, d, 32, scale=1.1, shift=3 * d**0.25 * unit_direction(d, 4)).reshape(40, 3, 16, 16).numpy()
     seen = []
     rep = D.diagnose(x_ood, x_id, "prior N(0, I)", names_ood=[f"gal_{i}" for i in range(40)], seed=0,
@@ -312,15 +312,15 @@ def test_diagnose_json_and_html(tmp_path):
         assert title in text
 
 
-def test_prior_latents():
-    a = D.prior_latents(64, (3, 8, 8), seed=5)
+def test_gaussian_prior():
+    a = D.gaussian_prior(64, (3, 8, 8), seed=5)
     assert a.shape == (64, 3, 8, 8) and a.dtype == torch.float32
-    assert torch.equal(a, D.prior_latents(64, (3, 8, 8), seed=5))
-    assert not torch.equal(a, D.prior_latents(64, (3, 8, 8), seed=6))
+    assert torch.equal(a, D.gaussian_prior(64, (3, 8, 8), seed=5))
+    assert not torch.equal(a, D.gaussian_prior(64, (3, 8, 8), seed=6))
     assert abs(float(a.mean())) < 0.05 and float(a.std()) == pytest.approx(1.0, abs=0.05)
     ac = np.linspace(0.999, 0.001, 1000)
-    assert torch.equal(D.prior_latents(4, (2,), ac, t=999, seed=1), D.prior_latents(4, (2,), seed=1))
+    assert torch.equal(D.gaussian_prior(4, (2,), ac, t=999, seed=1), D.gaussian_prior(4, (2,), seed=1))
     with pytest.raises(ValueError, match="push"):
-        D.prior_latents(4, (2,), ac, t=500)
-    out = D.prior_latents(4, (2,), ac, t=500, push=lambda x, t: x * 0 + t)
+        D.gaussian_prior(4, (2,), ac, t=500)
+    out = D.gaussian_prior(4, (2,), ac, t=500, push=lambda x, t: x * 0 + t)
     assert float(out[0, 0]) == 500.0

@@ -46,7 +46,7 @@ def test_pixel_and_finetune_jobs_make_generated_sets_that_studies_and_quality_re
     assert job.status == "done", job.message
     rec_ft = service_backend.ws.get("generated", job.result, owner)
     assert rec_ft.meta["generation"]["method"] == "finetune" and rec_ft.meta["finetune"]["steps"] == 4
-    assert len(list((rec_ft.root / "physical").glob("*.npy"))) == 5
+    assert len(list(rec_ft.root.glob("gen_*.npy"))) == 5
     record = json.loads((rec_ft.root / tasks.TUNED_DIR / "finetune.json").read_text())
     assert record["base_model"] == "oodgen-faces-32" and record["n_images"] == 64 and len(record["loss"]) == 4
     assert not (service_backend.ws.job_dir(job.id) / "finetune").exists()  # the checkpoints go once the set is saved

@@ -60,7 +60,7 @@ def test_chunked_inversion_resumes_after_a_crash_and_equals_one_pass(tmp_path, m
     x, _ = to_model_input(load_paths([SAMPLES / "faces"]).samples, 32, 3)
     direct = engine.invert(tasks.get_model("oodgen-faces-32"), x, SETTINGS)
     assert torch.allclose(z, direct, atol=1e-5)
-    assert meta["t_end"] == 900 and meta["steps"] == 5 and len(meta["sources"]) == 12
+    assert meta["ddim"]["t_end"] == 900 and meta["ddim"]["steps"] == 5 and len(meta["sources"]) == 12
     assert np.load(run.root / tasks.THUMBS).shape == (12, 32, 32, 3)
 
 
@@ -74,7 +74,7 @@ def test_generate_physical_set_and_zip(tmp_path):
     assert gen.status == "done", gen.message
     rec = ws.get("generated", gen.result, "anon-a")
     assert rec.meta["unit"] == "MJy/sr" and len(rec.meta["samples"]) == 5
-    phys = [np.load(f) for f in sorted((rec.root / "physical").glob("*.npy"))]
+    phys = [np.load(f) for f in sorted(rec.root.glob("gen_*.npy"))]
     assert len(phys) == 5 and phys[0].shape == (3, 32, 32) and np.isfinite(phys[0]).all()
     with zipfile.ZipFile(tasks.zip_generated(rec, tmp_path / "dl")) as zf:
         names = zf.namelist()
