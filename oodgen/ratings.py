@@ -526,7 +526,7 @@ def _scan(data: bytes, name: str) -> _Scan:
         start_line = reader.line_num + 1
         try:
             record = next(reader)
-            problem = None if data[:pos].endswith(b"\n") else "incomplete line (no line end)"
+            problem = None if data[pos - 1 : pos] == b"\n" else "incomplete line (no line end)"  # not data[:pos]: a copy per line
         except StopIteration:
             break
         except csv.Error as e:
