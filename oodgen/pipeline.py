@@ -33,12 +33,11 @@ if TYPE_CHECKING:
     import torch
 
     from .bulk import BulkPlan, ChunkStore
+    from .engine import Progress
     from .models import FrozenDDPM
     from .ratings import StudyItem
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------- latent files
@@ -163,6 +162,8 @@ def source_names(meta: dict[str, Any]) -> list[Optional[str]]:
 
 # ---------------------------------------------------------------- generated sets
 _NOT_INHERITED = ("created", "oodgen_version", "shape", "t_end", "steps", "batch_size")  # a file's own, or pre-nesting settings
+
+
 def generated_manifest(method: str, model: Optional[str], ddim: Optional[dict], generation: dict, kind: Optional[str],
                        stretch: Optional[dict], origin: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """What made a generated set, in one schema for every front end and method (the writer adds n, unit and samples).
