@@ -6,6 +6,8 @@ import csv, json, sys, time
 from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, ".")
+sys.path.insert(0, "scripts/tuning")
+from common import evaluate_and_save
 from oodgen import engine, quality, evaluation as ev
 from oodgen.config import DDIMSettings, GenerationSettings
 from oodgen.data import to_model_input
@@ -58,14 +60,4 @@ for kind in ("random", "class", "source"):
     img = match_noise(img, target, gn).clamp(-1, 1)
     gens[kind] = ev.model_output_set(img, real, stretch, kind)
     print(kind, f"{time.time()-t0:.0f}s", flush=True)
-allg = list(gens.values())
-res = ev.evaluate_sets(allg[0], real, allg[1:], "auto", quality.QualitySettings(morph_max=80), with_crossfade=True)
-rows = res.report.summary()
-for r in rows:
-    print(f"{r['label']:20s} c2st={r['c2st_stats']:.3f} px={r['c2st_pixels']:.3f} within={r['within_floor_frac']:.2f} "
-          f"frechet={r['frechet']:.1f} copies={r['near_copies']} div={r['diversity_ratio']}", flush=True)
-for r in rows[1:]:
-    print(r['label'], res.report.worst(r['label'], 8))
-from PIL import Image
-Image.fromarray(res.montage(k=8)).save(f"runs/exp3_{setname}.png")
-json.dump({"rows": rows, "stats": res.report.rows()}, open(f"runs/exp3_{setname}.json", "w"), indent=1, default=str)
+evaluate_and_save(list(gens.values()), real, f"exp3_{setname}")

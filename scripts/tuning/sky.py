@@ -7,6 +7,8 @@ import json, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, ".")
+sys.path.insert(0, "scripts/tuning")
+from common import evaluate_and_save
 from oodgen import engine, quality, evaluation as ev
 from oodgen.config import DDIMSettings, GenerationSettings
 from oodgen.data import to_model_input
@@ -83,13 +85,4 @@ variants = {
     "pair sky mean": per_image_sky(img, (sky_src[ii] + sky_src[jj]) / 2, sig_src[ii], G()),
 }
 gens = [ev.model_output_set(v.clamp(-1, 1), real, stretch, k) for k, v in variants.items()]
-res = ev.evaluate_sets(gens[0], real, gens[1:], "auto", quality.QualitySettings(morph_max=80), with_crossfade=True)
-rows = res.report.summary()
-for r in rows:
-    print(f"{r['label']:16s} c2st={r['c2st_stats']:.3f} px={r['c2st_pixels']:.3f} within={r['within_floor_frac']:.2f} "
-          f"frechet={r['frechet']:.1f} copies={r['near_copies']} div={r['diversity_ratio']}", flush=True)
-for r in rows[1:]:
-    print(r['label'], res.report.worst(r['label'], 8))
-from PIL import Image
-Image.fromarray(res.montage(k=8)).save(f"runs/exp4_{setname}.png")
-json.dump({"rows": rows, "stats": res.report.rows()}, open(f"runs/exp4_{setname}.json", "w"), indent=1, default=str)
+evaluate_and_save(gens, real, f"exp4_{setname}")
