@@ -29,19 +29,15 @@ def _generated_json(paths: list[str]) -> dict[str, Any]:
 
 
 def cmd_mos_create_study(args: argparse.Namespace) -> int:
-    from .generated import MANIFEST
-    from .pipeline import collect_study_files, generated_study_items
+    from .pipeline import collect_study_files
     from .ratings import StudyItem, create_study
 
     real = collect_study_files(args.real)
+    generated = collect_study_files(args.generated)
     manifest = _generated_json(args.generated)
     method = args.method if args.method is not None else str((manifest.get("generation") or {}).get("method") or "")
     model = args.model if args.model is not None else str(manifest.get("model") or "")
-    generated: list[StudyItem] = []
-    for p in args.generated:  # a generated set's folder: its images, physical ones shown from their maps as the app does
-        generated += (generated_study_items(p, {"method": method, "model": model}) if (Path(p) / MANIFEST).is_file()
-                      else [StudyItem(f, "generated", method, model) for f in collect_study_files([p])])
-    items = [StudyItem(p, "real") for p in real] + generated
+    items = [StudyItem(p, "real") for p in real] + [StudyItem(p, "generated", method, model) for p in generated]
     study = create_study(args.home, args.id, args.domain, items, instructions=args.instructions, repeat_fraction=args.repeat_fraction,
                          seed=args.seed, display_size=args.display_size)
     print(f"created study {study.study_id}: {len(study.items)} items ({len(real)} real, {len(generated)} generated"
