@@ -171,9 +171,13 @@ def test_fast_thumbnail_clicks_alternate_i_and_j(page):
         page.evaluate("([ks, gap]) => { const t = document.querySelectorAll('#thumbs img');"
                       " ks.forEach((k, n) => gap ? setTimeout(() => t[k].click(), n * gap) : t[k].click()); }", [clicks, gap_ms])
         expected = [str(clicks[-2]), str(clicks[-1])]
-        deadline = time.time() + 30
-        while page.evaluate(values) != expected and time.time() < deadline:
-            page.wait_for_timeout(200)
+        answered = ("([i, j]) => document.querySelector('#i input[type=number]').value === i && "
+                    "document.querySelector('#j input[type=number]').value === j && "
+                    "(document.querySelector('#pick_note') || {}).innerText?.trim() === `Sample j = ${j}.`")
+        try:  # the last click answered (answers come one at a time, in click order): however long a loaded machine takes
+            page.wait_for_function(answered, arg=expected, timeout=180_000, polling=100)
+        except Exception:  # noqa: BLE001 - say what the page shows instead
+            pass
         page.wait_for_timeout(1000)  # and no late answer overwrites them
         assert page.evaluate(values) == expected, page.locator("#pick_note").inner_text()
         assert page.locator("#pick_note").inner_text() == f"Sample j = {clicks[-1]}."
@@ -364,6 +368,19 @@ def test_other_browsers_do_not_see_my_runs(server, page):
         ctx.close()
 
 
+def _rate_item_shown(page, previous=None) -> str:
+    """Wait until the Rate tab's image of a study item (another than ``previous``, a src) has loaded, and return its src.
+
+    A score click names the item whose image is on screen (RATE_JS); clicked while the next image is still loading, it
+    names none and is not recorded, which a loaded machine makes likely: so wait for the image, not for a fixed time.
+    """
+    page.wait_for_function(
+        "(prev) => { const img = document.querySelector('#rate_image img'); const src = img ? img.getAttribute('src') || '' : '';"
+        " return img && img.complete && img.naturalWidth > 0 && /item_[0-9]+[.]png/.test(src) && src !== prev; }",
+        arg=previous, timeout=120_000, polling=100)
+    return page.locator("#rate_image img").get_attribute("src")
+
+
 def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
     _tab(page, "Results")
     page.get_by_text("Create a study").click()
@@ -381,20 +398,23 @@ def test_mos_study_rate_reload_resume_and_results(page, server, tmp_path):
     _choose(page, "study", "galaxy-mos")
     page.locator("#rate_start").click()
     progress = page.locator("#rate_progress")
-    progress.get_by_text("1 / 6").wait_for(timeout=30_000)
-    page.locator("#rate_image img").wait_for(timeout=30_000)
+    progress.get_by_text("1 / 6").wait_for(timeout=60_000)
+    shown = _rate_item_shown(page)
     _shot(page, tmp_path, "rate")
-    for k, score in enumerate((4, 3, 5), start=2):
+    for k, score in enumerate((4, 3, 5), start=2):  # a score names the item on screen (RATE_JS): click once it has loaded
         page.locator(f"#score_{score}").click()
-        progress.get_by_text(f"{k} / 6").wait_for(timeout=30_000)
+        progress.get_by_text(f"{k} / 6").wait_for(timeout=60_000)
+        shown = _rate_item_shown(page, shown)
     page.reload()  # half-way: the session resumes at item 4 without asking
     _tab(page, "Rate")
     page.locator("#rate_progress").get_by_text("4 / 6").wait_for(timeout=60_000)
+    shown = _rate_item_shown(page)
     for k, score in enumerate((2, 4), start=5):  # one at a time: a click while the last is pending is dropped (trigger_mode "once")
         page.locator(f"#score_{score}").click()
-        page.locator("#rate_progress").get_by_text(f"{k} / 6").wait_for(timeout=30_000)
+        page.locator("#rate_progress").get_by_text(f"{k} / 6").wait_for(timeout=60_000)
+        shown = _rate_item_shown(page, shown)
     page.locator("#score_1").click()
-    page.locator("#rate_progress").get_by_text("all items rated").wait_for(timeout=30_000)
+    page.locator("#rate_progress").get_by_text("all items rated").wait_for(timeout=60_000)
 
     _tab(page, "Results")
     page.locator("#res_btn").click()

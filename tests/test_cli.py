@@ -133,8 +133,9 @@ def test_sweep_rows_cover_each_t(tiny_pipeline_dir, pngs, tmp_path, capsys):
 
 @pytest.mark.parametrize("domain", ["galaxy", "radiation"])
 def test_default_model_reconstructs_bundled_ood_sets(domain, capsys, tmp_path):
-    """The default model's DDIM round trip on 24 images of each bundled OOD set (evenly spaced files, with the
-    set's manifest): MAE <= 0.02 on the [0, 1] scale (the paper: 0.07). The whole sets are in the README."""
+    """The default model's DDIM round trip on 8 images of each bundled OOD set (evenly spaced files, with the
+    set's manifest) at 20 steps: MAE <= 0.02 on the [0, 1] scale (the paper: 0.07; measured 0.006 for both sets,
+    0.0025 at the default 50 steps). Kept small so the default test run stays short; the whole sets are in the README."""
     import shutil
 
     from oodgen.models import DEFAULT_MODEL
@@ -145,12 +146,12 @@ def test_default_model_reconstructs_bundled_ood_sets(domain, capsys, tmp_path):
     sub.mkdir()
     suffix = {"galaxy": ".png", "radiation": ".npy"}[domain]  # the radiation folder also holds a preview.png
     files = sorted((SAMPLES / domain).glob(f"*{suffix}"))
-    files = files[:: len(files) // 24][:24]
+    files = files[:: len(files) // 8][:8]
     for f in files + [f for f in (SAMPLES / domain).glob("manifest.json")]:
         shutil.copy(f, sub / f.name)
-    assert main(["-q", "reconstruct", "--input", str(sub), "--json", "--batch-size", "32"]) == 0
+    assert main(["-q", "reconstruct", "--input", str(sub), "--json", "--batch-size", "32", "--steps", "20"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 24 and result["model"] == DEFAULT_MODEL
+    assert result["n"] == 8 and result["model"] == DEFAULT_MODEL
     assert result["mae"] <= 0.02
 
 
