@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from oodgen.bundled import SAMPLE_SETS  # noqa: E402
 from oodgen.config import DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.data import load_paths  # noqa: E402
 from oodgen.models import DEFAULT_MODEL  # noqa: E402
 
 QUICK = {"files": 12, "steps": "5", "n_boot": "20", "morph_max": "10"}
@@ -74,7 +75,7 @@ def run_set(key: str, args: argparse.Namespace, work: Path) -> dict:
     src = SAMPLE_SETS[key].path
     if args.quick:
         src = subset(src, QUICK["files"], work / "subsets" / key)  # the folder keeps the set's name (the statistics kind follows it)
-    n_real = sum(1 for f in src.iterdir() if f.suffix.lower() in (".png", ".npy", ".fits", ".jpg", ".tif", ".tiff"))
+    n_real = len(load_paths([src]).samples)  # the samples oodgen reads (a folder's preview.png or README is not one)
     n = str(n_real)
     model = ["--model", args.model]
     steps = ["--steps", QUICK["steps"]] if args.quick else []
