@@ -16,7 +16,7 @@ from typing import Optional  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from oodgen import service, tasks  # noqa: E402
+from oodgen import display, service, tasks, views  # noqa: E402
 from oodgen.config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.evaluation import SearchGrid  # noqa: E402
 from oodgen.finetune import FinetuneSettings  # noqa: E402
@@ -35,11 +35,14 @@ CSS = """
 .pixelated img { image-rendering: pixelated; }
 .oodgen-job { margin: 2px 0; font-size: 0.95em; }
 .oodgen-job progress { width: 220px; vertical-align: middle; }
+.oodgen-when { opacity: 0.75; font-size: 0.9em; }
+.oodgen-help { font-size: 0.93em; opacity: 0.9; }
 """
 
 
 # Numbers the thumbnail clicks of this page at the click, before anything is sent, so that fast
 # clicks alternate i, j in the order they were made whatever order they reach the server in.
+DARK_JS = "() => document.body.classList.contains('dark')"
 PICK_JS = "(picker, click) => { window.oodgenPickClicks = (window.oodgenPickClicks || 0) + 1; return [picker, window.oodgenPickClicks]; }"
 
 
@@ -72,10 +75,10 @@ def on_load(key, prefs, profile: Optional[gr.OAuthProfile] = None):
             service.jobs_stamp(owner), service.runs_table(owner), gr.Dropdown(choices=service.active_jobs(owner), value=None), _dd(gens))
 
 
-def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen, q_gen, q_seen):
+def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen, q_gen, q_seen, dark=False, q_view=None):
     """Once a second: job progress; lists when a job finished; diagnostics and quality when their cache changed."""
     if not owner:
-        return [gr.skip()] * 29
+        return [gr.skip()] * (9 + 1 + N_DIAG + 1 + N_QUALITY)
     stamp = service.jobs_stamp(owner)
     out = [service.jobs_html(owner)]
     if stamp != seen:
@@ -88,26 +91,34 @@ def on_tick(owner, seen, run_d, run_g, gen_id, diag_run, ref, diag_seen, q_gen, 
         out += [gr.skip()] * 8
     dstamp = service.diagnostics_stamp(owner, diag_run, ref)
     if dstamp != diag_seen:
-        out += [dstamp, *_diag_outputs(owner, diag_run, ref)]
+        out += [dstamp, *_diag_outputs(owner, diag_run, ref, dark)]
     else:
-        out += [gr.skip()] * 9
+        out += [gr.skip()] * (1 + N_DIAG)
     qstamp = service.quality_stamp(owner, q_gen)
     if qstamp != q_seen:
-        out += [qstamp, *_quality_outputs(owner, q_gen)]
+        out += [qstamp, *_quality_outputs(owner, q_gen, dark, q_view)]
     else:
-        out += [gr.skip()] * 11
+        out += [gr.skip()] * (1 + N_QUALITY)
     return out
 
 
 # ---------------------------------------------------------------- data and inversion
-def on_dataset(owner, ref):
+def on_dataset(owner, ref, view=None):
+    """gallery, report, the Invert tab's note, legend, colour bar, band view (choices; hidden for images)."""
     if not owner or not ref:
-        return [], "", ""
+        return [], "", "", "", None, gr.Radio(visible=False)
     try:
-        gal, md = service.show_dataset(owner, ref)
+        v = views.dataset_view(owner, ref, view)
     except ValueError as e:
-        return [], f"**{e}**", ""
-    return gal, md, f"Dataset: **{ref.split(':', 1)[-1]}** (change it in the Data tab)."
+        return [], f"**{e}**", "", "", None, gr.Radio(visible=False)
+    return (v["gallery"], v["report"], f"Dataset: **{v['name']}** (change it in the Data tab).", v["legend"], v["colorbar"],
+            gr.Radio(choices=v["views"], value=v["view"], visible=bool(v["views"])))
+
+
+def on_dataset_runs(owner, ref):
+    """The Generate and Diagnostics tabs follow the Data tab: its dataset's newest run, when it has one."""
+    run = views.run_for_dataset(owner, ref)
+    return (gr.Dropdown(value=run), gr.Dropdown(value=run)) if run else (gr.skip(), gr.skip())
 
 
 def on_upload(owner, files, name, shared):
@@ -135,23 +146,26 @@ def on_cancel(owner, job_id):
 
 
 # ---------------------------------------------------------------- diagnostics
-def _diag_outputs(owner, run_id, ref):
-    empty = ("Pick a run and press **Compute diagnostics**.", None, None, None, None, [], None, None)
+N_DIAG = 9  # summary, table, UMAP, geometry, radii, reconstruction pairs, their MAE, sweep plot, sweep table
+
+
+def _diag_outputs(owner, run_id, ref, dark=False):
+    empty = ("Pick a run and press **Compute diagnostics**.", None, None, None, None, [], None, None, None)
     if not run_id or not ref:
         return list(empty)
     try:
-        v = service.diagnostics_view(owner, run_id, ref)
+        v = views.diagnostics_view(owner, run_id, ref, bool(dark))
     except ValueError as e:
         return [f"**{e}**", *empty[1:]]
-    if v.table is None and v.sweep_table is None:
+    if not v["computed"]:
         return ["Not computed yet for this run and reference: press **Compute diagnostics** (computed once, then cached).", *empty[1:]]
-    f = v.figures
-    return [v.summary or "Diagnostics not computed yet (the t sweep is below).", v.table, f.get("UMAP"), f.get("Geometry"),
-            f.get("Radii"), v.recon, v.sweep_figure, v.sweep_table]
+    f = v["figures"]
+    return [v["summary"] or "Diagnostics not computed yet (the t sweep is below).", v["table"], f.get("UMAP"), f.get("Geometry"),
+            f.get("Radii"), v["recon"], v["recon_table"], v["sweep_figure"], v["sweep_table"]]
 
 
-def on_diag_show(owner, run_id, ref):
-    return [service.diagnostics_stamp(owner, run_id, ref), *_diag_outputs(owner, run_id, ref)]
+def on_diag_show(owner, run_id, ref, dark=False):
+    return [service.diagnostics_stamp(owner, run_id, ref), *_diag_outputs(owner, run_id, ref, dark)]
 
 
 def on_diag_start(owner, run_id, ref, sweep=False):
@@ -166,16 +180,19 @@ def on_diag_start(owner, run_id, ref, sweep=False):
 
 
 # ---------------------------------------------------------------- generation
-def on_gen_run(owner, run_id, picker):
+def on_gen_run(owner, run_id, picker, view=None):
+    """thumbnails, sliders i and j, the pick note, and the run's legend, colour bar and band view (physical runs)."""
     picker.reset()
     if not owner or not run_id:
-        return [], gr.Slider(maximum=1), gr.Slider(maximum=1), picker.note()
+        return [], gr.Slider(maximum=1), gr.Slider(maximum=1), picker.note(), "", None, gr.Radio(visible=False)
     try:
         n = service.run_size(owner, run_id)
         thumbs = service.run_thumbnails(owner, run_id)
+        v = views.run_view(owner, run_id, view)
     except ValueError as e:
         raise _err(e) from None
-    return thumbs, gr.Slider(minimum=0, maximum=n - 1, value=0), gr.Slider(minimum=0, maximum=n - 1, value=min(1, n - 1)), picker.note()
+    return (thumbs, gr.Slider(minimum=0, maximum=n - 1, value=0), gr.Slider(minimum=0, maximum=n - 1, value=min(1, n - 1)), picker.note(),
+            v["legend"], v["colorbar"], gr.Radio(choices=v["views"], value=v["view"], visible=bool(v["views"])))
 
 
 def on_pick(picker, click, evt: gr.SelectData):
@@ -185,13 +202,25 @@ def on_pick(picker, click, evt: gr.SelectData):
     return (k if which == "i" else gr.skip()), (k if which == "j" else gr.skip()), picker.note()
 
 
-def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre):
+def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, view=None):
+    """The decoded image, and sample i | decoded | sample j side by side."""
     if not run_id:
-        return None
+        return None, None
     try:
-        return service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
+        v = views.decode_view(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, view)
     except ValueError as e:
         raise _err(e) from None
+    return v["decoded"], v["picks"]
+
+
+def on_decode_check(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre):
+    """After a decode: whether the sample fell back into the model's own domain (oodgen.fallback)."""
+    if not run_id:
+        return ""
+    try:
+        return views.decode_check(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
+    except ValueError as e:
+        return f"**{e}**"
 
 
 def on_strip(owner, run_id, i, j, k, method, centre=GEN.centre):
@@ -243,11 +272,13 @@ def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, toleranc
     return f"Queued **{job.label}**; the set appears in the list below when it is done.", service.jobs_html(owner)
 
 
-def on_generated(owner, gen_id):
+def on_generated(owner, gen_id, view=None):
+    """gallery, summary, real-versus-generated picture, legend, colour bar of a generated set."""
     if not owner or not gen_id:
-        return [], ""
+        return [], "", None, "", None
     try:
-        return service.generated_gallery(owner, gen_id), service.generated_summary(owner, gen_id)
+        v = views.generated_view(owner, gen_id, view)
+        return v["gallery"], service.generated_summary(owner, gen_id), v["compare"], v["legend"], v["colorbar"]
     except ValueError as e:
         raise _err(e) from None
 
@@ -260,9 +291,12 @@ def on_download(owner, gen_id):
 
 
 # ---------------------------------------------------------------- quality
-def _quality_outputs(owner, gen_id):
-    """summary, tables, histograms, spectra, distances, memorization, montage, NN pairs, HTML report."""
-    empty = [None] * 9
+N_QUALITY = 13  # summary, 2 tables, 4 plots, montage, NN pairs, HTML report, legend, colour bar, band view
+
+
+def _quality_outputs(owner, gen_id, dark=False, view=None):
+    """summary, tables, histograms, spectra, distances, memorization, montage, NN pairs, HTML report, legend, colour bar, view."""
+    empty = [None] * 9 + ["", None, gr.Radio(visible=False)]
     if not owner or not gen_id:
         return ["Pick a generated set and press **Evaluate**.", *empty]
     try:
@@ -271,13 +305,14 @@ def _quality_outputs(owner, gen_id):
         return [f"**{e}**", *empty]
     if v.table is None:
         return [v.summary or "Not evaluated yet: press **Evaluate** (computed once, then cached with the set).", *empty]
-    f = v.figures
+    f = {k: display.theme_figure(fig, bool(dark)) for k, fig in v.figures.items()}
+    p = views.quality_pictures(owner, gen_id, v.montage, v.nn_pairs, view)
     return [v.summary, v.table, v.statistics, f.get("histograms"), f.get("power spectra"), f.get("distances"), f.get("memorization"),
-            v.montage, v.nn_pairs, v.html]
+            p["montage"], p["nn"], v.html, p["legend"], p["colorbar"], gr.Radio(choices=p["views"], value=p["view"], visible=bool(p["views"]))]
 
 
-def on_quality_show(owner, gen_id):
-    return [service.quality_stamp(owner, gen_id), *_quality_outputs(owner, gen_id)]
+def on_quality_show(owner, gen_id, dark=False, view=None):
+    return [service.quality_stamp(owner, gen_id), *_quality_outputs(owner, gen_id, dark, view)]
 
 
 def on_quality_start(owner, gen_id, kind, n_boot, morph_max, force):
@@ -293,7 +328,7 @@ def on_quality_start(owner, gen_id, kind, n_boot, morph_max, force):
 
 
 # ---------------------------------------------------------------- bandwidth search
-def _search_outputs(owner, source, model_name):
+def _search_outputs(owner, source, model_name, dark=False):
     """summary, cell table, quality-vs-diversity plot, montage, HTML report."""
     empty = [None] * 4
     if not owner or not source:
@@ -304,21 +339,21 @@ def _search_outputs(owner, source, model_name):
         return [f"**{e}**", *empty]
     if v.table is None:
         return [v.summary or "No search yet for these images and model: press **Run search** (computed once, then cached).", *empty]
-    return [v.summary, v.table, v.figure, v.montage, v.html]
+    return [v.summary, v.table, display.theme_figure(v.figure, bool(dark)), v.montage, v.html]
 
 
-def on_search_show(owner, source, model_name):
-    return [service.search_stamp(owner, source, model_name), *_search_outputs(owner, source, model_name)]
+def on_search_show(owner, source, model_name, dark=False):
+    return [service.search_stamp(owner, source, model_name), *_search_outputs(owner, source, model_name, dark)]
 
 
-def on_search_tick(owner, source, model_name, seen, jobs_seen):
+def on_search_tick(owner, source, model_name, seen, jobs_seen, dark=False):
     """Once a second: the source list when a job finished; the report when its cache changed."""
     if not owner:
         return [gr.skip()] * 8
     stamp = service.jobs_stamp(owner)
     out = [stamp, _dd(service.search_sources(owner), "bundled:galaxy", keep=source)] if stamp != jobs_seen else [gr.skip()] * 2
     sstamp = service.search_stamp(owner, source, model_name)
-    return out + ([sstamp, *_search_outputs(owner, source, model_name)] if sstamp != seen else [gr.skip()] * 6)
+    return out + ([sstamp, *_search_outputs(owner, source, model_name, dark)] if sstamp != seen else [gr.skip()] * 6)
 
 
 def on_search_start(owner, source, model_name, t_values, etas, pairing, noise, n, kind, n_boot, force):
@@ -480,13 +515,13 @@ def on_rater_page(prefs, profile: Optional[gr.OAuthProfile] = None):
 
 
 # ---------------------------------------------------------------- results
-def on_results(token, study_id):
+def on_results(token, study_id, dark=False):
     try:
         groups, raters, note, fig = service.results(token, study_id or None)
         quality = service.study_quality(token, study_id or None)
     except ValueError as e:
         raise _err(e) from None
-    return note, groups, quality, raters, fig
+    return note, groups, quality, raters, display.theme_figure(fig, bool(dark))
 
 
 def on_export(token, study_id):
@@ -508,6 +543,40 @@ def on_create_study(owner, token, study_id, domain, gen_ids, real_ref, n, instru
 
 
 # ---------------------------------------------------------------- layout
+HELP = {
+    "data": "Pick a bundled set or upload your own (a dataset holds one kind: images, or physical maps of one band layout "
+            "and unit). Physical maps show as a **composite**, red = longest wavelength, each band asinh-stretched on its own; "
+            "pick a band to see it alone. The colour bars give each band's physical value (in the data's unit) at the "
+            "display's intensity. The Invert tab inverts the dataset chosen here, and the Generate and Diagnostics tabs "
+            "switch to its newest run.",
+    "invert": "DDIM inversion runs the frozen model backwards from the image to a noisy latent x_t. **t_end** is that "
+              "timestep (0 = the image itself, 999 = pure noise): a larger t_end gives latents closer to a Gaussian and more "
+              "varied samples, a smaller one keeps more of each image (default 300, chosen on tuning data; the paper's "
+              "Table 3 uses 900). **DDIM steps**: model calls between 0 and t_end; more steps invert more exactly and take "
+              "longer (time grows linearly). **Batch size**: images per model call; it changes memory use and speed, not the "
+              "result. A run is saved under its name (or the dataset's name and t_end).",
+    "diagnostics": "Do the inverted images (OOD) occupy a region of latent space of their own, apart from the model's own "
+                   "latents (ID: its prior, or in-domain images inverted the same way)? **Separable** (the paper's Lemma C.2): "
+                   "the distance between the two sets' centres exceeds d^¼, d = the number of latent dimensions. The "
+                   "**noise floor** is the centre distance two sets drawn from the *same* Gaussian would show at these sizes "
+                   "(√(d/n_ID + d/n_OOD)): a centre distance near or below the floor is no evidence of separation even when it "
+                   "exceeds d^¼; the debiased distance removes it. **Linear SVM accuracy**: 0.5 = the sets cannot be told "
+                   "apart, 1 = a plane separates them. The angles, norms and radii compare each set with an isotropic "
+                   "Gaussian. **Reconstruction**: each latent decoded back; MAE on the [0, 1] scale (small = faithful "
+                   "inversion). The **t sweep** repeats the main numbers at several t_end.",
+    "generate": "Pick two inverted samples i and j (click thumbnails, or the sliders) and decode a point between their latents: "
+                "**alpha** is how far from i (0) to j (1); **slerp** walks the great circle about the data's centre and keeps "
+                "the latents' norm, **lerp** the straight line, whose middle is shorter and can leave the data's region (the "
+                "warning under the image says when a sample looks like the model's own domain instead). **eta** adds fresh "
+                "DDIM noise while decoding (0 = deterministic; with eta > 0 the **seed** picks the noise). Batch generation "
+                "makes a named set with the same options, or draws from a Gaussian fitted to the run.",
+}
+
+
+def _help(key: str) -> gr.Markdown:
+    return gr.Markdown(HELP[key], elem_id=f"help_{key}", elem_classes="oodgen-help")
+
+
 def build() -> gr.Blocks:
     secret = browser_secret()  # fixed per workspace (or $OODGEN_BROWSER_SECRET): a restarted app still reads what browsers keep
     with gr.Blocks(title="oodgen") as demo:
@@ -519,6 +588,7 @@ def build() -> gr.Blocks:
         q_seen = gr.State("")
         picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
         pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
+        dark = gr.Checkbox(False, visible=False, elem_id="dark_flag")  # the page's theme (set by DARK_JS): plots follow it
 
         gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
                     "then sample new latents in the region they occupy and denoise them with the unchanged model.")
@@ -537,10 +607,17 @@ def build() -> gr.Blocks:
         timer = gr.Timer(1.0)
 
         with gr.Tab("Data"):
+            _help("data")
             dataset = gr.Dropdown([], label="Dataset", info="bundled sample sets, your uploads, and sets shared with everyone", elem_id="dataset")
             data_report = gr.Markdown(elem_id="data_report")
             preview = gr.Gallery(label="Preview (physical maps: per-band asinh stretch, red = longest wavelength)", columns=10, height=360,
                                  elem_classes="pixelated", elem_id="preview")
+            with gr.Row():
+                data_view = gr.Radio([], label="View", visible=False, elem_id="data_view", scale=1)
+                with gr.Column(scale=2):
+                    data_legend = gr.Markdown(elem_id="data_legend")
+                    data_colorbar = gr.Image(label="Colour bars (physical value at each display intensity)", interactive=False,
+                                             show_label=False, height=200, elem_id="data_colorbar")
             with gr.Accordion("Upload a new dataset", open=False):
                 with gr.Row():
                     uploads = gr.File(file_count="multiple", type="filepath", scale=3,
@@ -551,17 +628,19 @@ def build() -> gr.Blocks:
                         up_btn = gr.Button("Save dataset", variant="primary")
 
         with gr.Tab("Invert"):
+            _help("invert")
             invert_dataset = gr.Markdown()
             with gr.Row():
                 t_end = gr.Slider(100, 999, value=DDIM.t_end, step=1, label="t_end (operating timestep)", elem_id="t_end")
                 steps = gr.Slider(5, 200, value=DDIM.steps, step=1, label="DDIM steps", elem_id="steps")
                 batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size (lowered automatically on out-of-memory)", elem_id="batch")
-            run_name = gr.Textbox(label="Run name (optional)", placeholder="galaxies t900")
+            run_name = gr.Textbox(label="Run name (optional)", placeholder="galaxies t900", elem_id="run_name")
             invert_btn = gr.Button("Start inversion", variant="primary", elem_id="invert_btn")
             invert_note = gr.Markdown(elem_id="invert_note")
             runs = gr.Dataframe(label="Finished runs (saved in the workspace)", interactive=False, elem_id="runs")
 
         with gr.Tab("Diagnostics"):
+            _help("diagnostics")
             with gr.Row():
                 diag_run = gr.Dropdown([], label="Run", scale=2, elem_id="diag_run")
                 diag_ref = gr.Radio(list(tasks.REFERENCES), value="prior", label="In-domain (ID) reference",
@@ -572,18 +651,23 @@ def build() -> gr.Blocks:
             diag_note = gr.Markdown()
             diag_summary = gr.Markdown(elem_id="diag_summary")
             diag_table = gr.Dataframe(label="Latent geometry against the isotropic Gaussian (paper Table 3)", interactive=False,
-                                      wrap=True, elem_id="diag_table")
+                                      wrap=True, max_height=4000, column_widths=["24%", "16%", "22%", "38%"], elem_id="diag_table")
             with gr.Row():
                 umap_plot = gr.Plot(label="UMAP", elem_id="umap")
                 geo_plot = gr.Plot(label="Angles and distances")
+            radii_plot = gr.Plot(label="Radii")
             with gr.Row():
-                radii_plot = gr.Plot(label="Radii")
-                recon = gr.Gallery(label="Original | reconstruction (MAE on the [0, 1] scale)", columns=4, height=300, elem_classes="pixelated")
-            sweep_plot = gr.Plot(label="t sweep")
-            sweep_table = gr.Dataframe(label="t sweep", interactive=False)
+                recon = gr.Gallery(label="Original | reconstruction, each pair whole (MAE on the [0, 1] scale)", columns=2, height="auto",
+                                   object_fit="contain", allow_preview=False, elem_classes="pixelated", elem_id="recon", scale=3)
+                recon_mae = gr.Dataframe(label="Reconstruction MAE ([0, 1] scale)", interactive=False, max_height=4000, elem_id="recon_mae",
+                                         scale=1)
+            sweep_plot = gr.Plot(label="t sweep", elem_id="sweep_plot")
+            sweep_table = gr.Dataframe(label="t sweep: the main numbers at each t_end (separable: centre distance > d^¼)", interactive=False,
+                                       wrap=True, max_height=4000, elem_id="sweep_table")
 
         with gr.Tab("Generate"):
-            gen_run = gr.Dropdown([], label="Run", elem_id="gen_run")
+            _help("generate")
+            gen_run = gr.Dropdown([], label="Run (follows the Data tab's dataset: its newest run)", elem_id="gen_run")
             pick_note = gr.Markdown("Click a thumbnail for sample i, then another for sample j.", elem_id="pick_note")
             thumbs = gr.Gallery(label="Inverted samples", columns=12, height=220, allow_preview=False, elem_classes="pixelated", elem_id="thumbs")
             with gr.Row():
@@ -595,10 +679,18 @@ def build() -> gr.Blocks:
                 eta = gr.Slider(0, 1, value=GEN.eta, step=0.05, label="eta (DDIM noise while decoding)")
                 seed = gr.Number(value=GEN.seed, precision=0, label="Seed")
             with gr.Row():
-                image = gr.Image(label="Decoded Interp(x_i, x_j)", height=300, elem_classes="pixelated", elem_id="decoded")
-                with gr.Column():
-                    strip_k = gr.Slider(3, 15, value=7, step=1, label="Strip length k")
-                    strip_btn = gr.Button("Interpolation strip i -> j")
+                gen_view = gr.Radio([], label="View", visible=False, elem_id="gen_view", scale=1)
+                with gr.Column(scale=2):
+                    gen_legend = gr.Markdown(elem_id="gen_legend")
+                    gen_colorbar = gr.Image(interactive=False, show_label=False, height=200, elem_id="gen_colorbar")
+            with gr.Row():
+                image = gr.Image(label="Decoded Interp(x_i, x_j)", height=300, elem_classes="pixelated", elem_id="decoded", scale=1)
+                picks = gr.Image(label="Real sample i | generated | real sample j", height=300, interactive=False, elem_classes="pixelated",
+                                 elem_id="picks", scale=2)
+            decode_note = gr.Markdown(elem_id="decode_note")
+            with gr.Row():
+                strip_k = gr.Slider(3, 15, value=7, step=1, label="Strip length k")
+                strip_btn = gr.Button("Interpolation strip i -> j")
             strip = gr.Gallery(label="Strip", columns=7, height=200, elem_classes="pixelated", elem_id="strip")
             with gr.Accordion("Batch generation into a named set", open=True):
                 with gr.Row():
@@ -639,6 +731,10 @@ def build() -> gr.Blocks:
                 gen_info = gr.Markdown(elem_id="gen_info")
                 dl_file = gr.File(label="Download", elem_id="dl_file")
                 gen_gallery = gr.Gallery(label="Generated", columns=10, height=260, elem_classes="pixelated", elem_id="gen_gallery")
+                gen_compare = gr.Image(label="Real (the run's images, top) against generated (bottom), same size", interactive=False,
+                                       elem_classes="pixelated", elem_id="gen_compare")
+                gen_set_legend = gr.Markdown(elem_id="gen_set_legend")
+                gen_set_colorbar = gr.Image(interactive=False, show_label=False, height=200, elem_id="gen_set_colorbar")
 
         with gr.Tab("Quality"):
             gr.Markdown("How close is a generated set to the real data it was made from? Physics-aware statistics of every image "
@@ -668,6 +764,11 @@ def build() -> gr.Blocks:
             with gr.Row():
                 q_dist = gr.Plot(label="Distance per statistic", elem_id="q_dist")
                 q_mem = gr.Plot(label="Memorization", elem_id="q_mem")
+            with gr.Row():
+                q_view = gr.Radio([], label="View", visible=False, elem_id="q_view", scale=1)
+                with gr.Column(scale=2):
+                    q_legend = gr.Markdown(elem_id="q_legend")
+                    q_colorbar = gr.Image(interactive=False, show_label=False, height=200, elem_id="q_colorbar")
             q_montage = gr.Image(label="Real | generated | crossfade, at the same stretch", height=420, interactive=False, elem_classes="pixelated",
                                  elem_id="q_montage")
             q_nn = gr.Image(label="The generated samples closest to a real image, over that image", height=300, interactive=False,
@@ -748,32 +849,40 @@ def build() -> gr.Blocks:
         loaded.then(service.model_summary, model, model_info).then(
             on_rate_resume, prefs, rp.outputs)
         loaded.then(service.resume_in_request, owner, jobs, show_progress="hidden")  # ZeroGPU: jobs a restart left queued
+        demo.load(None, None, dark, js=DARK_JS)
         model.change(service.model_summary, model, model_info)
-        diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, sweep_plot, sweep_table]
-        quality_outputs = [q_summary, q_table, q_stats, q_hist, q_spectra, q_dist, q_mem, q_montage, q_nn, q_file]
-        timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen, q_gen, q_seen],
+        diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, recon_mae, sweep_plot, sweep_table]
+        quality_outputs = [q_summary, q_table, q_stats, q_hist, q_spectra, q_dist, q_mem, q_montage, q_nn, q_file, q_legend, q_colorbar, q_view]
+        assert len(diag_outputs) == N_DIAG and len(quality_outputs) == N_QUALITY
+        timer.tick(on_tick, [owner, jobs_seen, diag_run, gen_run, generated, diag_run, diag_ref, diag_seen, q_gen, q_seen, dark, q_view],
                    [jobs, jobs_seen, diag_run, gen_run, generated, cancel_pick, runs, st_gen, q_gen, diag_seen, *diag_outputs,
                     q_seen, *quality_outputs],
                    concurrency_limit=None, show_progress="hidden")
         cancel_btn.click(on_cancel, [owner, cancel_pick], [cancel_note, jobs])
 
-        dataset.change(on_dataset, [owner, dataset], [preview, data_report, invert_dataset])
+        dataset_outputs = [preview, data_report, invert_dataset, data_legend, data_colorbar, data_view]
+        dataset.change(on_dataset, [owner, dataset], dataset_outputs).then(on_dataset_runs, [owner, dataset], [gen_run, diag_run])
+        data_view.input(on_dataset, [owner, dataset, data_view], dataset_outputs)
         up_btn.click(on_upload, [owner, uploads, up_name, up_shared], [dataset, preview, data_report])
         invert_btn.click(on_invert, [owner, dataset, model, t_end, steps, batch, run_name], [invert_note, jobs])
 
-        for control in (diag_run, diag_ref):
-            control.change(on_diag_show, [owner, diag_run, diag_ref], [diag_seen, *diag_outputs])
+        for control in (diag_run, diag_ref, dark):
+            control.change(on_diag_show, [owner, diag_run, diag_ref, dark], [diag_seen, *diag_outputs])
         diag_btn.click(on_diag_start, [owner, diag_run, diag_ref], [diag_note, jobs])
         sweep_btn.click(lambda o, r, f: on_diag_start(o, r, f, sweep=True), [owner, diag_run, diag_ref], [diag_note, jobs])
 
-        gen_run.change(on_gen_run, [owner, gen_run, picker], [thumbs, i, j, pick_note])
+        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed, gen_centre]
+        gen_run.change(on_gen_run, [owner, gen_run, picker, gen_view], [thumbs, i, j, pick_note, gen_legend, gen_colorbar, gen_view]).then(
+            on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal").then(  # the decoded image at once
+            on_decode_check, decode_inputs, decode_note, show_progress="hidden")
         # every click counts (trigger_mode), numbered in the browser as it happens (PICK_JS); answered one at a time,
         # so an older answer never arrives after a newer one (concurrency_limit)
         thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
                       show_progress="hidden")
-        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed, gen_centre]
         for control in (alpha, i, j, eta, method, seed, gen_centre):
-            control.change(on_decode, decode_inputs, image, trigger_mode="always_last", show_progress="minimal")
+            control.change(on_decode, [*decode_inputs, gen_view], [image, picks], trigger_mode="always_last", show_progress="minimal").then(
+                on_decode_check, decode_inputs, decode_note, trigger_mode="always_last", show_progress="hidden")
+        gen_view.input(on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal")
         strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method, gen_centre], strip)
         for control in (gen_method, gen_pairing):
             control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim,
@@ -783,22 +892,26 @@ def build() -> gr.Blocks:
                                     gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise, gen_ft_steps, gen_ft_minutes,
                                     gen_centre],
                       [gen_note, jobs])
-        generated.change(on_generated, [owner, generated], [gen_gallery, gen_info])
+        generated_outputs = [gen_gallery, gen_info, gen_compare, gen_set_legend, gen_set_colorbar]
+        generated.change(on_generated, [owner, generated, gen_view], generated_outputs)
+        gen_view.input(on_generated, [owner, generated, gen_view], generated_outputs)
         dl_btn.click(on_download, [owner, generated], dl_file)
 
-        q_gen.change(on_quality_show, [owner, q_gen], [q_seen, *quality_outputs])
+        q_gen.change(on_quality_show, [owner, q_gen, dark, q_view], [q_seen, *quality_outputs])
+        for control in (q_view, dark):
+            (control.input if control is q_view else control.change)(on_quality_show, [owner, q_gen, dark, q_view], [q_seen, *quality_outputs])
         q_btn.click(on_quality_start, [owner, q_gen, q_kind, q_boot, q_morph, q_force], [q_note, jobs])
 
         search_outputs = [s_summary, s_table, s_plot, s_montage, s_file]
-        for control in (s_source, model):
-            control.change(on_search_show, [owner, s_source, model], [s_seen, *search_outputs])
-        search_timer.tick(on_search_tick, [owner, s_source, model, s_seen, s_jobs_seen], [s_jobs_seen, s_source, s_seen, *search_outputs],
+        for control in (s_source, model, dark):
+            control.change(on_search_show, [owner, s_source, model, dark], [s_seen, *search_outputs])
+        search_timer.tick(on_search_tick, [owner, s_source, model, s_seen, s_jobs_seen, dark], [s_jobs_seen, s_source, s_seen, *search_outputs],
                           concurrency_limit=None, show_progress="hidden")
         s_btn.click(on_search_start, [owner, s_source, model, s_t, s_eta, s_pairing, s_noise, s_n, s_kind, s_boot, s_force], [s_note, jobs])
 
         wire_rate_panel(rp, prefs)
 
-        res_btn.click(on_results, [token, res_study], [res_note, res_groups, res_quality, res_raters, res_plot])
+        res_btn.click(on_results, [token, res_study, dark], [res_note, res_groups, res_quality, res_raters, res_plot])
         export_btn.click(on_export, [token, res_study], export_files)
         st_btn.click(on_create_study, [owner, token, st_id, st_domain, st_gen, st_real, st_n, st_instr, st_repeat],
                      [st_note, study, res_study])
