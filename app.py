@@ -213,6 +213,15 @@ def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, 
     return v["decoded"], v["picks"]
 
 
+def on_gen_view(owner, run_id, view):
+    """The run's legend and colour bar for the chosen view (the composite or one band)."""
+    try:
+        v = views.run_view(owner, run_id, view)
+    except ValueError as e:
+        raise _err(e) from None
+    return v["legend"], v["colorbar"]
+
+
 def on_decode_check(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre):
     """After a decode: whether the sample fell back into the model's own domain (oodgen.fallback)."""
     if not run_id:
@@ -883,6 +892,7 @@ def build() -> gr.Blocks:
             control.change(on_decode, [*decode_inputs, gen_view], [image, picks], trigger_mode="always_last", show_progress="minimal").then(
                 on_decode_check, decode_inputs, decode_note, trigger_mode="always_last", show_progress="hidden")
         gen_view.input(on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal")
+        gen_view.input(on_gen_view, [owner, gen_run, gen_view], [gen_legend, gen_colorbar], show_progress="hidden")
         strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method, gen_centre], strip)
         for control in (gen_method, gen_pairing):
             control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim,
