@@ -39,9 +39,9 @@ def theme_figure(fig: Any, dark: bool = False, width_chars: int = 60) -> Any:
         wrapped = textwrap.wrap(str(title).replace("<br>", " "), width_chars) or [str(title)]
         lines = len(wrapped)
         fig.update_layout(title={"text": "<br>".join(wrapped), "x": 0.01, "xanchor": "left", "font": {"size": 15},
-                                 "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 10}})
+                                 "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 20}})
     top = fig.layout.margin.t if fig.layout.margin is not None and fig.layout.margin.t is not None else 0
-    fig.update_layout(margin={"t": max(top, 40 + 22 * lines)})
+    fig.update_layout(margin={"t": max(top, 50 + 22 * lines)})
     for a in fig.layout.annotations or ():  # subplot titles
         if a.text and len(str(a.text)) > width_chars:
             a.text = "<br>".join(textwrap.wrap(str(a.text), width_chars))
