@@ -165,6 +165,9 @@ def labelled_row(images: Sequence[np.ndarray], labels: Sequence[str], side: int 
     font = ImageFont.load_default(size=14)
     tiles = []
     for im in images:
+        im = np.asarray(im)
+        if im.ndim == 2 or im.shape[-1] == 1:  # grey models (oodgen-faces-32): [H, W] or [H, W, 1] shown as RGB
+            im = np.repeat(im.reshape(im.shape[0], im.shape[1], 1), 3, axis=-1)
         k = max(1, side // max(im.shape[:2]))
         tiles.append(np.repeat(np.repeat(im, k, axis=0), k, axis=1))
     h = max(t.shape[0] for t in tiles)
