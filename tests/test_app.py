@@ -35,41 +35,68 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class AppServer:
+    """``python app.py`` on one port and workspace (the fast 32x32 model: these tests exercise the app's flows);
+    :meth:`restart` kills it and starts a new process on the same ones."""
+
+    def __init__(self, home: Path, log_dir: Path) -> None:
+        self.home, self.log_dir, self.port = Path(home), Path(log_dir), _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1", "OODGEN_HOME": str(self.home),
+               "GRADIO_ANALYTICS_ENABLED": "False", "OODGEN_DEFAULT_MODEL": "oodgen-faces-32"}
+        env.pop("OODGEN_BROWSER_SECRET", None)  # the secret must come from the workspace
+        self.starts += 1
+        log = open(self.log_dir / f"app{self.starts}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"app exited early:\n{log.read()}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail("app did not start within 180 s")
+
+    def stop(self, kill: bool = True) -> None:
+        """Kill the server (like a crash: nothing is saved on the way out), or terminate it when ``kill`` is False."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def launch_chromium(playwright):
+    """Debian's chromium through Playwright (a clear failure when it is not installed)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is not installed: apt-get install chromium (see README)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_bundled_model()
-    port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "OODGEN_HOME": str(_HOME.setdefault("home", tmp_path_factory.mktemp("home"))), "GRADIO_ANALYTICS_ENABLED": "False",
-           "OODGEN_DEFAULT_MODEL": "oodgen-faces-32"}  # the fast 32x32 model: these tests exercise the app's flows
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"app exited early:\n{log.read()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app did not start within 180 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    srv = AppServer(_HOME.setdefault("home", tmp_path_factory.mktemp("home")), tmp_path_factory.mktemp("log"))
+    srv.start()
+    yield srv.url
+    srv.stop(kill=False)
 
 
 @pytest.fixture(scope="module")
 def page(server):
     playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed: apt-get install chromium (see README)")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch_chromium(p)
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
         pg.goto(server)
         yield pg

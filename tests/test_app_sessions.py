@@ -5,60 +5,16 @@ Each test starts its own server on a fresh workspace with a small MOS study in i
 """
 
 import csv
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from oodgen import ratings as R
-from tests.conftest import REPO, SAMPLES, require_bundled_model
-from tests.test_app import CHROMIUM, _choose, _fill, _free_port, _tab
+from tests.conftest import SAMPLES, require_bundled_model
+from tests.test_app import AppServer, _choose, _fill, _tab, launch_chromium
 
 STUDY = "fast-mos"
 N_ITEMS = 12  # 6 real + 6 "generated", no repeats
-
-
-class AppServer:
-    """``python app.py`` on one port and workspace; :meth:`restart` kills it and starts a new process on the same ones."""
-
-    def __init__(self, home: Path, log_dir: Path) -> None:
-        self.home, self.log_dir, self.port = home, log_dir, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.proc = None
-        self.starts = 0
-
-    def start(self) -> None:
-        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1", "OODGEN_HOME": str(self.home),
-               "GRADIO_ANALYTICS_ENABLED": "False", "OODGEN_DEFAULT_MODEL": "oodgen-faces-32"}
-        env.pop("OODGEN_BROWSER_SECRET", None)  # the secret must come from the workspace
-        self.starts += 1
-        log = open(self.log_dir / f"app{self.starts}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"app exited early:\n{log.read()}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        pytest.fail("app did not start within 180 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # like a crash: nothing is saved on the way out
-            self.proc.wait(timeout=30)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 def _make_study(home: Path) -> None:
@@ -82,10 +38,8 @@ def app_server(tmp_path):
 @pytest.fixture
 def browser(app_server):
     playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed: apt-get install chromium (see README)")
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -8,15 +8,11 @@ one physical run (the 64 bundled dust maps, 10 DDIM steps, the fast 32x32 model)
 """
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import REPO, require_bundled_model
-from tests.test_app import CHROMIUM, _choose, _fill, _free_port, _number, _tab, _wait_text
+from tests.conftest import require_bundled_model
+from tests.test_app import AppServer, _choose, _fill, _number, _tab, _wait_text, launch_chromium
 
 RUN = "dust views"
 
@@ -24,38 +20,17 @@ RUN = "dust views"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_bundled_model()
-    port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "OODGEN_HOME": str(tmp_path_factory.mktemp("home")), "GRADIO_ANALYTICS_ENABLED": "False",
-           "OODGEN_DEFAULT_MODEL": "oodgen-faces-32"}
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"app exited early:\n{log.read()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app did not start within 180 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    srv = AppServer(tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("log"))
+    srv.start()
+    yield srv.url
+    srv.stop(kill=False)
 
 
 @pytest.fixture(scope="module")
 def browser(server):
     playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed: apt-get install chromium (see README)")
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = launch_chromium(p)
         yield b
         b.close()
 
