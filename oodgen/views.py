@@ -24,12 +24,13 @@ _LAST: "OrderedDict[tuple, np.ndarray]" = OrderedDict()  # recently decoded imag
 _LAST_LOCK = threading.Lock()
 
 
-def _physical_legend(stretch, view) -> tuple[str, Optional[np.ndarray], list[str], str]:
-    """(legend Markdown, colour bar picture, view choices, the view in force) of a set with ``stretch`` (None: an image set)."""
+def _physical_legend(stretch, view) -> tuple[str, Optional[np.ndarray], list[str], Optional[str]]:
+    """(legend Markdown, colour bar picture, view choices, the view in force) of a set with ``stretch`` (None: an image set,
+    which has no views: its view is None, so a hidden, empty view radio never holds a value outside its choices)."""
     choices = display.view_choices(stretch)
     view = view if view in choices else display.COMPOSITE
     if stretch is None:
-        return "", None, [], display.COMPOSITE
+        return "", None, [], None
     bar = display.colorbar_image(stretch, view)
     return display.legend_markdown(stretch, view), (service.image_file(bar) if bar is not None else None), choices, view
 
@@ -73,7 +74,7 @@ def _thumbs(rec) -> np.ndarray:
 def run_view(owner: str, run_id: Optional[str], view: Optional[str] = None) -> dict:
     """Legend, colour bar and view choices of run ``run_id`` (physical runs; empty for images)."""
     if not owner or not run_id:
-        return {"legend": "", "colorbar": None, "views": [], "view": display.COMPOSITE}
+        return {"legend": "", "colorbar": None, "views": [], "view": None}
     rec = service._run(owner, run_id)
     legend, bar, choices, view = _physical_legend(display.stretch_of(rec.meta), view)
     return {"legend": legend, "colorbar": bar, "views": choices, "view": view}
@@ -138,7 +139,7 @@ def generated_view(owner: str, gen_id: Optional[str], view: Optional[str] = None
     from PIL import Image
 
     if not owner or not gen_id:
-        return {"gallery": [], "compare": None, "legend": "", "colorbar": None, "views": [], "view": display.COMPOSITE}
+        return {"gallery": [], "compare": None, "legend": "", "colorbar": None, "views": [], "view": None}
     rec = service._generated(owner, gen_id)
     stretch = display.stretch_of(rec.meta)
     legend, bar, choices, view = _physical_legend(stretch, view)
@@ -163,7 +164,7 @@ def generated_view(owner: str, gen_id: Optional[str], view: Optional[str] = None
 def quality_pictures(owner: str, gen_id: Optional[str], montage: Any, nn_pairs: Any, view: Optional[str] = None) -> dict:
     """The Quality tab's montage and nearest-neighbour pictures in ``view`` (a band alone, or the composite), with the
     legend and colour bar of the set's stretch (the real maps' stretch the report used) for physical sets."""
-    empty = {"montage": montage, "nn": nn_pairs, "legend": "", "colorbar": None, "views": [], "view": display.COMPOSITE}
+    empty = {"montage": montage, "nn": nn_pairs, "legend": "", "colorbar": None, "views": [], "view": None}
     if not owner or not gen_id:
         return empty
     try:

@@ -82,3 +82,17 @@ def test_domain_check_tells_the_model_domain_from_the_run_data():
     assert sum(flagged_faces) >= 10 and sum(flagged_gal) == 0, (flagged_faces, flagged_gal)
     r = fallback.check(held_faces[0], ood, faces[:40])
     assert "model's own domain" in r.message() and r.n_ref == 40
+
+
+def test_view_in_force_is_always_one_of_the_choices():
+    """An image set has no views and its view is None; a view radio given (choices [], value "composite") is refused
+    by Gradio on the next event that reads it, which left the Generate tab without a decoded image for image runs."""
+    from oodgen import views
+
+    for asked in (None, "composite", "band: MIPS 24"):
+        legend, bar, choices, view = views._physical_legend(None, asked)
+        assert (legend, bar, choices, view) == ("", None, [], None)
+        _, _, choices, view = views._physical_legend(ST, asked)
+        assert view in choices
+    assert views._physical_legend(ST, "band: MIPS 24")[3] == "band: MIPS 24"
+    assert display.band_index(None, ST) is None and display.band_index(None, None) is None
