@@ -147,6 +147,25 @@ def test_statmorph_recovers_sersic_index_and_radius():
         assert got["Gini"] > 0.3 and np.isfinite(got["M20"]) and abs(got["asymmetry"]) < 0.05
 
 
+def test_lean_statmorph_gives_the_full_statmorph_values():
+    """The lean SourceMorphology (only the reported properties) measures exactly what statmorph's full run does."""
+    galsim = pytest.importorskip("galsim")
+    import statmorph
+    from photutils.segmentation import detect_sources
+
+    rng = np.random.default_rng(1)
+    for n_true, q_axis in ((1.0, 0.5), (3.0, 0.8)):
+        prof = galsim.Sersic(n=n_true, half_light_radius=5.0).shear(q=q_axis, beta=0.6 * galsim.radians)
+        img = prof.drawImage(nx=64, ny=64, scale=1.0).array
+        img = img / img.max() + rng.normal(0, 0.01, img.shape)
+        seg = detect_sources(img, 0.015, npixels=5)
+        label = int(seg.data[32, 32])
+        full = statmorph.SourceMorphology(img, seg.data, label, gain=1000.0, sersic_maxiter=400)
+        lean = q._lean_morphology_class()(img, seg.data, label, gain=1000.0, sersic_maxiter=400)
+        for p in q.MORPH_PROPERTIES:
+            assert getattr(lean, p) == pytest.approx(getattr(full, p), rel=1e-12, abs=1e-12), p
+        assert lean.flag_sersic == full.flag_sersic
+
 def test_statmorph_failure_is_a_flag_not_a_crash():
     flat = np.full((32, 32), 0.3)
     vals, flag = q._morphology_one(flat)
