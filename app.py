@@ -563,7 +563,8 @@ HELP = {
               "varied samples, a smaller one keeps more of each image (default 300, chosen on tuning data; the paper's "
               "Table 3 uses 900). **DDIM steps**: model calls between 0 and t_end; more steps invert more exactly and take "
               "longer (time grows linearly). **Batch size**: images per model call; it changes memory use and speed, not the "
-              "result. A run is saved under its name (or the dataset's name and t_end).",
+              "result. 0 (default) = auto, as on the command line: the fastest batch measured once on this machine's CPU "
+              "(a few seconds on the first run, then cached), or the largest that fits in free GPU memory. A run is saved under its name (or the dataset's name and t_end).",
     "diagnostics": "Do the inverted images (OOD) occupy a region of latent space of their own, apart from the model's own "
                    "latents (ID: its prior, or in-domain images inverted the same way)? **Separable** (the paper's Lemma C.2): "
                    "the distance between the two sets' centres exceeds d^¼, d = the number of latent dimensions. The "
@@ -642,7 +643,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 t_end = gr.Slider(100, 999, value=DDIM.t_end, step=1, label="t_end (operating timestep)", elem_id="t_end")
                 steps = gr.Slider(5, 200, value=DDIM.steps, step=1, label="DDIM steps", elem_id="steps")
-                batch = gr.Slider(1, 256, value=DDIM.batch_size, step=1, label="Batch size (lowered automatically on out-of-memory)", elem_id="batch")
+                batch = gr.Slider(0, 256, value=DDIM.batch_size, step=1, label="Batch size (0 = auto; lowered automatically on out-of-memory)", elem_id="batch")
             run_name = gr.Textbox(label="Run name (optional)", placeholder="galaxies t900", elem_id="run_name")
             invert_btn = gr.Button("Start inversion", variant="primary", elem_id="invert_btn")
             invert_note = gr.Markdown(elem_id="invert_note")

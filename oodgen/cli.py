@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 from .clitext import print_table
-from .config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
+from .config import CENTRES, DTYPE_CHOICES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
 from .generated import BASELINE_METHODS
 
 log = logging.getLogger("oodgen")
@@ -60,7 +60,9 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str] = "
                    help=f"registry name, diffusers folder, ADM checkpoint file or hub id (default: {DEFAULT_MODEL if default_model == 'DEFAULT' else 'the one the latents were made with'})")
     p.add_argument("--model-config", default=None, help="architecture of a raw ADM checkpoint: preset name or JSON file of its constructor arguments")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps (default: auto)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="UNet precision (default: float32)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="UNet precision; auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), float32 elsewhere "
+                        "(default: auto; --dtype float32 to opt out)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet: a one-off compile per batch shape, then faster steps on long runs "
                         "(channels_last on CUDA); falls back to the plain forward with a warning where unavailable")
@@ -74,8 +76,8 @@ def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
     p.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
 
 
-BATCH_HELP = (f"images per model call, halved automatically on out-of-memory; auto (default): sized to the free GPU memory "
-              f"on CUDA, {DDIMSettings().batch_size} elsewhere")
+BATCH_HELP = ("images per model call, halved automatically on out-of-memory; auto (default): sized to the free GPU memory "
+              "on CUDA, the fastest batch measured once per machine and model on CPU (cached)")
 
 
 def _batch_arg(text: str) -> int | str:
@@ -91,7 +93,7 @@ def _batch_arg(text: str) -> int | str:
 
 
 def _batch_size(args: argparse.Namespace, model, n: Optional[int] = None) -> int:
-    """--batch-size as a number: ``auto`` becomes :func:`oodgen.engine.auto_batch_size` (32 if the probe fails)."""
+    """--batch-size as a number: ``auto`` becomes :func:`oodgen.engine.auto_batch_size` (``FALLBACK_BATCH`` if the probe fails)."""
     if args.batch_size != "auto":
         return int(args.batch_size)
     from . import engine
@@ -99,8 +101,8 @@ def _batch_size(args: argparse.Namespace, model, n: Optional[int] = None) -> int
     try:
         return engine.auto_batch_size(model, n=n)
     except Exception as e:  # noqa: BLE001 - a failed probe must not stop a run that a fixed batch size would do
-        fallback = DDIMSettings().batch_size
-        log.warning("could not size the batch to the device memory (%s: %s); using %d", type(e).__name__, e, fallback)
+        fallback = engine.FALLBACK_BATCH
+        log.warning("could not size the batch (%s: %s); using %d", type(e).__name__, e, fallback)
         return fallback
 
 

@@ -16,6 +16,8 @@ METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
 PAIRINGS: tuple[str, ...] = ("random", "nearest")
 NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
 CENTRES: tuple[str, ...] = ("cloud", "origin")
+# UNet precisions; auto = bfloat16 on a CPU with native bf16, float32 elsewhere (models.resolve_dtype)
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 S = TypeVar("S", bound="JSONSettings")
 
@@ -45,13 +47,13 @@ class DDIMSettings(JSONSettings):
 
     t_end: int = 300  # operating timestep of the latent space; chosen on seeded tuning data (README "Sample quality"); paper: 800-900 with a 93M-parameter model
     steps: int = 50  # DDIM steps between 0 and t_end, one model call each (authors: 80)
-    batch_size: int = 32  # images per model call; lowered automatically when memory runs out
+    batch_size: int = 0  # images per model call; 0 = auto (engine.auto_batch_size: measured once per machine on CPU, sized to free memory on CUDA); halved on out-of-memory
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= self.t_end:
             raise ValueError(f"steps={self.steps} must be between 1 and t_end={self.t_end}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size={self.batch_size} must be at least 1, or 0 for auto")
 
 
 @dataclass(frozen=True)

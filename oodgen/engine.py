@@ -13,15 +13,20 @@ batch and retries it (:func:`_run_batched`), so a guess that is too large costs 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import ddim
 from .config import DDIMSettings, GenerationSettings
+from .fsutil import cache_dir, write_json
 from .models import FrozenDDPM, is_out_of_memory
 from .sampling import Draw, match_noise, match_sky, sample_latents
 
@@ -157,6 +162,86 @@ def measure_batch_memory(
     return per_image + state, overhead
 
 
+FALLBACK_BATCH = 32  # the batch size where none can be measured (MPS, a failed probe)
+CPU_BATCH_CANDIDATES = (4, 8, 16, 32, 64)  # batch sizes cpu_batch_size may measure, in order
+ForwardTimer = Callable[[int], float]
+"""time(batch_size) -> seconds of one eps forward of that batch (after a warm-up)."""
+
+
+def _cpu_timer(model: FrozenDDPM, sample_shape: tuple[int, int, int]) -> ForwardTimer:
+    """Times the plain UNet forward (never the compiled one: that would compile once per candidate shape)."""
+
+    def time_forward(b: int) -> float:
+        x = torch.zeros((b, *sample_shape), dtype=model.dtype)
+        t = torch.full((b,), model.num_train_timesteps // 2, dtype=torch.long)
+        best = math.inf
+        with torch.inference_mode():
+            for k in range(3):  # the first is a warm-up: allocator, oneDNN primitives for this shape
+                t0 = time.perf_counter()
+                model.unet(x, t)
+                if k:
+                    best = min(best, time.perf_counter() - t0)
+        return best
+
+    return time_forward
+
+
+def _cpu_key(model: FrozenDDPM, sample_shape: tuple[int, int, int]) -> str:
+    """What a measured CPU batch size depends on: the CPU, its threads, torch, the model and its precision."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    dtype = str(model.dtype).replace("torch.", "")
+    return f"{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}|{model.name}|{model.num_parameters}|{dtype}|{'x'.join(map(str, sample_shape))}"
+
+
+def cpu_batch_size(
+    model: FrozenDDPM,
+    sample_shape: Optional[tuple[int, int, int]] = None,
+    time_forward: Optional[ForwardTimer] = None,
+    cache_file: Optional[Path] = None,
+    candidates: Sequence[int] = CPU_BATCH_CANDIDATES,
+) -> int:
+    """The batch size of highest throughput (images per second of one eps forward) for ``model`` on this CPU.
+
+    Measured once per CPU, thread count, torch version, model, precision and image shape, and remembered in
+    ``cache_file`` (default ``cache_dir()/cpu_batch_sizes.json``), so a later process pays nothing. The
+    candidates are timed in increasing order (a warm-up and the best of two forwards each) and the search
+    stops once a batch is more than 10% slower per image than the best so far: throughput on a CPU rises while a
+    batch amortises per-call overhead and falls once its activations spill out of the caches (the bundled
+    64x64 model on 2 cores: best at 16 in float32, 32 in bfloat16, README "Speed"). ``time_forward`` replaces
+    the timer (tests). A cache that cannot be read or written is ignored (logged), never an error.
+    """
+    shape = sample_shape or (model.channels, model.resolution, model.resolution)
+    key = _cpu_key(model, shape)
+    path = Path(cache_file) if cache_file is not None else cache_dir() / "cpu_batch_sizes.json"
+    try:
+        cached = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the batch-size cache %s (%s)", path, e)
+        cached = {}
+    if isinstance(cached.get(key), dict) and int(cached[key].get("batch_size", 0)) >= 1:
+        return int(cached[key]["batch_size"])
+    timer = time_forward or _cpu_timer(model, shape)
+    rates: dict[int, float] = {}
+    t0 = time.perf_counter()
+    for b in candidates:
+        rates[b] = b / max(timer(b), 1e-12)
+        if rates[b] < 0.9 * max(rates.values()):
+            break
+    best = max(rates, key=rates.get)
+    log.info("batch size %d on this CPU for %s (images/s per batch: %s; measured in %.1f s, cached in %s)", best, model.name,
+             ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()), time.perf_counter() - t0, path)
+    cached[key] = {"batch_size": best, "images_per_s": {str(b): round(r, 2) for b, r in rates.items()}}
+    try:
+        write_json(path, cached)
+    except OSError as e:
+        log.warning("could not write the batch-size cache %s (%s)", path, e)
+    return best
+
+
 def auto_batch_size(
     model: FrozenDDPM,
     sample_shape: Optional[tuple[int, int, int]] = None,
@@ -166,7 +251,7 @@ def auto_batch_size(
     measure: Optional[MemoryProbe] = None,
     free_bytes: Optional[float] = None,
 ) -> int:
-    """A batch size for ``model`` on its device: sized to free GPU memory on CUDA, 32 elsewhere.
+    """A batch size for ``model`` on its device: sized to free GPU memory on CUDA, measured on CPU, 32 elsewhere.
 
     On CUDA (or whenever ``measure`` is given) the peak memory of one eps forward of ``sample_shape``
     (C, H, W; default the model's) is measured at two small batch sizes (:func:`measure_batch_memory`),
@@ -176,18 +261,14 @@ def auto_batch_size(
     the batch on an out-of-memory error, so a wrong guess (memory taken by another process meanwhile,
     a compiled graph that needs more) costs a retry, not the run.
 
-    On CPU and MPS it is ``DDIMSettings().batch_size`` (32), clipped to ``n``: there a batch only has to
-    amortise the per-call overhead, and throughput is flat past modest batches (the bundled 32x32 model on
-    2 shared CPU cores, best of 3 x 2 runs: about 80 image-steps/s at batch 4 and 120 at 8, then 130 to 210
-    at every batch from 16 to 128, within the noise of the shared machine), while host memory is large
-    next to one batch and not worth probing. ``measure`` and ``free_bytes`` replace the CUDA probe and
+    On CPU it is :func:`cpu_batch_size` (the fastest batch measured once per machine and model, cached), on MPS
+    :data:`FALLBACK_BATCH`, clipped to ``n`` either way: host memory is large next to one batch and not worth
+    probing, but throughput depends on the batch (the caches). ``measure`` and ``free_bytes`` replace the CUDA probe and
     ``torch.cuda.mem_get_info`` (tests, other allocators). Logs its choice; never raises for lack of memory.
     """
-    default = DDIMSettings().batch_size
     if measure is None and model.device.type != "cuda":
-        b = max(1, min(default, n)) if n is not None else default
-        log.info("batch size %d on %s (the default off CUDA)", b, model.device)
-        return b
+        b = cpu_batch_size(model, sample_shape) if model.device.type == "cpu" else FALLBACK_BATCH
+        return max(1, min(b, n)) if n is not None else b
     try:
         per_image, overhead = measure_batch_memory(model, sample_shape, measure)
     except Exception as e:
@@ -225,7 +306,7 @@ def _run_batched(
     done = 0
     out: list[torch.Tensor] = []
     start = 0
-    bs = max(1, batch_size)
+    bs = batch_size if batch_size >= 1 else auto_batch_size(model, tuple(x.shape[1:]), n=n)
     stage = _Stager(x, model.device)
     staged: Optional[tuple[int, int, torch.Tensor]] = None  # (start, size, batch) prefetched for the next round
     while start < n:
@@ -337,7 +418,7 @@ def invert_snapshots(
     x0: torch.Tensor,
     t_values: Sequence[int],
     steps: int = 50,
-    batch_size: int = 32,
+    batch_size: int = 0,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> dict[int, torch.Tensor]:
@@ -361,7 +442,7 @@ def prior_latents(
     t_values: Sequence[int],
     steps: int = 50,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = 0,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
 ) -> dict[int, torch.Tensor]:

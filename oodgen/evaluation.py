@@ -316,7 +316,7 @@ def model_output_set(images: torch.Tensor, like: ImageSet, stretch: Optional[Str
 
 def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(), kind: str = "auto",
                      settings: quality.QualitySettings = quality.QualitySettings(morph_max=60),
-                     progress: Optional[Callable[[str, float], None]] = None, batch_size: int = 16) -> tuple[list[dict], Evaluation]:
+                     progress: Optional[Callable[[str, float], None]] = None, batch_size: int = 0) -> tuple[list[dict], Evaluation]:
     """Generate ``grid.n_per_cell`` samples for every cell of ``grid`` from ``real`` and evaluate them all at once.
 
     ``base``: the :class:`GenerationSettings` whose other fields (method, alpha, seed, ...) each cell
@@ -417,7 +417,7 @@ def write_search_report(rows: Sequence[dict], ev: Evaluation, json_path: Optiona
 
 
 def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 5, 10, 25, 50, 100), n: int = 24,
-                    t_end: int = 900, steps: int = 50, seed: int = 0, batch_size: int = 16,
+                    t_end: int = 900, steps: int = 50, seed: int = 0, batch_size: int = 0,
                     progress: Optional[Callable[[str, float], None]] = None) -> list[dict]:
     """Diversity of generated samples against the number of source images (the paper's Fig. 7, without LPIPS).
 

@@ -298,7 +298,7 @@ def as_frozen(result: FinetuneResult, base: FrozenDDPM, name: str) -> FrozenDDPM
                       device=base.device, dtype=base.dtype, prediction_type=base.prediction_type)
 
 
-def sample(model: FrozenDDPM, n: int, steps: int, eta: float = 0.0, seed: int = 0, batch_size: int = 32,
+def sample(model: FrozenDDPM, n: int, steps: int, eta: float = 0.0, seed: int = 0, batch_size: int = 0,
            progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None) -> torch.Tensor:
     """n images [n, C, H, W] in [-1, 1] from the model's own prior: x_T ~ N(0, I) at T = num_train_timesteps - 1,
     DDIM-denoised in ``steps`` steps with ``eta`` (:func:`oodgen.engine.denoise`), seeded."""

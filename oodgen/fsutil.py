@@ -19,6 +19,15 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
+def cache_dir() -> Path:
+    """oodgen's per-machine cache folder (measured batch sizes, compiled kernels): ``$OODGEN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/oodgen``, else ``~/.cache/oodgen``. Not created here."""
+    env = os.environ.get("OODGEN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "oodgen"
+
+
 def utc_now(timespec: str = "seconds") -> str:
     """The current UTC time as ISO 8601 with a ``Z``: ``2026-01-31T12:00:00Z`` (``timespec`` as in :meth:`datetime.isoformat`)."""
     return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from .config import DTYPE_CHOICES
 from .schedule import alphas_cumprod_from_config
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ REGISTRY: dict[str, ModelSpec] = {
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX-BF16), as torch reports it."""
+    get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.10
+    flags = get() if get is not None else {}
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The UNet precision ``dtype`` means on ``device``: ``auto`` is bfloat16 on a CPU with native bf16
+    (:func:`native_bf16`), float32 elsewhere (CUDA, MPS, CPUs without it); other names are returned as given."""
+    if dtype not in DTYPE_CHOICES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.type == "cpu" and native_bf16() else "float32"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -304,7 +322,7 @@ def _load_checkpoint(path: Path, model_config: Any) -> tuple[torch.nn.Module, di
 def load_model(
     model: str = DEFAULT_MODEL,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     model_config: Any = None,
     compile: bool = False,
 ) -> FrozenDDPM:
@@ -313,10 +331,8 @@ def load_model(
     ``model_config`` is only for raw ADM checkpoints (preset name, dict or JSON file path).
     ``compile`` runs the UNet through torch.compile (:meth:`FrozenDDPM.compile`; plain where unavailable).
     """
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     dev = resolve_device(device)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = DTYPES[resolve_dtype(dtype, dev)]
     spec = REGISTRY.get(model)
     source = spec.source if spec else model
     path = Path(source).expanduser()

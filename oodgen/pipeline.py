@@ -206,7 +206,7 @@ def reference_label(source: str, n: int, t_values: Sequence[int] = (), T: int = 
 
 
 def id_reference(model: Optional[FrozenDDPM], t_values: Sequence[int], *, x_id: Optional[torch.Tensor] = None, n_prior: int = 0,
-                 where: Optional[str] = None, shape: Optional[Sequence[int]] = None, steps: int = 50, batch_size: int = 32,
+                 where: Optional[str] = None, shape: Optional[Sequence[int]] = None, steps: int = 50, batch_size: int = 0,
                  seed: int = 0, progress: Optional[Progress] = None,
                  cancel: Optional[Callable[[], bool]] = None) -> tuple[dict[int, torch.Tensor], str]:
     """In-domain latents at each t of ``t_values``, and the label that says where they come from.

@@ -47,7 +47,7 @@ _MODELS: dict[tuple[str, str, str], FrozenDDPM] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def get_model(name: str, device: str = "auto", dtype: str = "float32") -> FrozenDDPM:
+def get_model(name: str, device: str = "auto", dtype: str = "auto") -> FrozenDDPM:
     """A loaded model, cached per (name, device, dtype) for the life of the process (shared on purpose:
     frozen and read-only, and loading takes seconds)."""
     key = (name, device, dtype)

@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="oodgen-test-hf-"))
+os.environ.setdefault("OODGEN_CACHE_DIR", tempfile.mkdtemp(prefix="oodgen-test-cache-"))  # measured batch sizes
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "oodgen-numba-cache"))
 
 import pytest  # noqa: E402

@@ -1,5 +1,6 @@
 """Batched inversion/denoising, reconstruction MAE, generation and out-of-memory back-off."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -244,15 +245,67 @@ def test_auto_batch_size_survives_an_out_of_memory_probe_and_passes_other_errors
         engine.measure_batch_memory(model())
 
 
-def test_auto_batch_size_off_cuda_is_the_default_clipped_to_n():
-    from tests.conftest import require_bundled_model
+class FakeTimer:
+    """Seconds of one forward of batch b: per-call overhead + per-image cost that jumps past a 'cache' size."""
 
-    require_bundled_model()
-    m = load_model(device="cpu")
-    assert engine.auto_batch_size(m) == DDIMSettings().batch_size == 32
-    assert engine.auto_batch_size(m, n=7) == 7
-    assert engine.auto_batch_size(m, n=1000) == 32
+    def __init__(self, overhead: float, per_image: float, spill_at: int, spill_factor: float = 3.0) -> None:
+        self.overhead, self.per_image, self.spill_at, self.spill_factor = overhead, per_image, spill_at, spill_factor
+        self.calls: list[int] = []
+
+    def __call__(self, b: int) -> float:
+        self.calls.append(b)
+        return self.overhead + b * self.per_image * (self.spill_factor if b > self.spill_at else 1.0)
+
+
+def test_cpu_batch_size_is_the_fastest_measured_and_stops_after_the_drop(tmp_path):
+    timer = FakeTimer(overhead=0.05, per_image=0.01, spill_at=16)  # img/s: 4: 44, 8: 61, 16: 76, 32: 31 (stop), 64: -
+    assert engine.cpu_batch_size(model(), time_forward=timer, cache_file=tmp_path / "c.json") == 16
+    assert timer.calls == [4, 8, 16, 32]  # 32 is over 10% slower than 16: 64 is not measured
+    timer = FakeTimer(overhead=0.5, per_image=0.01, spill_at=10**6)  # overhead dominates: the largest wins
+    assert engine.cpu_batch_size(model(), time_forward=timer, cache_file=tmp_path / "d.json") == 64
+
+
+def test_cpu_batch_size_is_measured_once_per_model_and_precision(tmp_path):
+    cache = tmp_path / "cache.json"
+    first = FakeTimer(0.05, 0.01, spill_at=8)
+    assert engine.cpu_batch_size(model(), time_forward=first, cache_file=cache) == 8
+    again = FakeTimer(0.05, 0.01, spill_at=32)  # would pick 32: the cached answer is used instead, nothing timed
+    assert engine.cpu_batch_size(model(), time_forward=again, cache_file=cache) == 8 and again.calls == []
+    bf16 = FrozenDDPM(Linear(), linear_alphas_cumprod(), "linear", 8, 3, torch.device("cpu"), torch.bfloat16)
+    assert engine.cpu_batch_size(bf16, time_forward=again, cache_file=cache) == 32 and again.calls  # another key
+    assert len(json.loads(cache.read_text())) == 2
+    cache.write_text("{not json")  # a damaged cache is measured again and rewritten, not an error
+    assert engine.cpu_batch_size(model(), time_forward=FakeTimer(0.05, 0.01, spill_at=16), cache_file=cache) == 16
+
+
+def test_auto_batch_size_on_cpu_is_the_measured_one_clipped_to_n(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_batch_size", lambda m, shape=None: 16)
+    assert engine.auto_batch_size(model()) == 16
+    assert engine.auto_batch_size(model(), n=7) == 7
     assert engine.auto_batch_size(model(), n=0) == 1
+
+
+def test_batch_size_0_is_auto_everywhere_the_engine_runs(monkeypatch):
+    """DDIMSettings().batch_size is 0 = auto: the engine asks auto_batch_size, and results do not depend on the batch."""
+    asked = []
+    monkeypatch.setattr(engine, "cpu_batch_size", lambda m, shape=None: asked.append(shape) or 4)
+    unet = Linear()
+    z = engine.invert(model(unet), X, DDIMSettings(t_end=100, steps=3))
+    assert DDIMSettings().batch_size == 0 and asked == [(3, 8, 8)]
+    assert set(unet.calls) == {4, 2}  # 10 images in batches of 4, 4, 2
+    assert torch.allclose(z, engine.invert(model(), X, DDIMSettings(t_end=100, steps=3, batch_size=10)), atol=1e-6)
+    with pytest.raises(ValueError, match="or 0 for auto"):
+        DDIMSettings(batch_size=-1)
+
+
+def test_cpu_batch_size_times_the_real_forward(tmp_path):
+    """No fake: the default timer runs the UNet and returns a candidate; the cache records the measured rates."""
+    from tests.conftest import tiny_unet
+
+    m = FrozenDDPM(tiny_unet().eval(), linear_alphas_cumprod(), "tiny", 8, 3, torch.device("cpu"), torch.float32)
+    b = engine.cpu_batch_size(m, cache_file=tmp_path / "c.json", candidates=(1, 2, 4))
+    rec = next(iter(json.loads((tmp_path / "c.json").read_text()).values()))
+    assert b in (1, 2, 4) and rec["batch_size"] == b and float(rec["images_per_s"][str(b)]) > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

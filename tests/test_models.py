@@ -80,6 +80,28 @@ def test_bfloat16_model_returns_float32_eps(tiny_pipeline_dir):
         load_model(str(tiny_pipeline_dir), device="cpu", dtype="int8")
 
 
+def test_auto_dtype_is_bf16_only_on_cpus_with_native_bf16(tiny_pipeline_dir, monkeypatch):
+    from oodgen import models
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "native_bf16", lambda native=native: native)
+        assert load_model(str(tiny_pipeline_dir), device="cpu").dtype == want  # the default is auto
+        assert load_model(str(tiny_pipeline_dir), device="cpu", dtype="float32").dtype == torch.float32  # opt out
+    assert models.resolve_dtype("auto", torch.device("cuda")) == "float32"  # GPUs: float32 unless asked
+    assert models.resolve_dtype("auto", torch.device("mps")) == "float32"
+    with pytest.raises(ModelLoadError, match="not one of auto, float32, bfloat16, float16"):
+        models.resolve_dtype("bf16", torch.device("cpu"))
+
+
+def test_native_bf16_reads_the_cpu_capabilities(monkeypatch):
+    from oodgen import models
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True}, raising=False)
+    assert models.native_bf16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False, "avx2": True}, raising=False)
+    assert not models.native_bf16()
+
+
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
