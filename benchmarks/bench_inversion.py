@@ -164,7 +164,7 @@ def run(
     arch: str = "bundled",
     n: int = 32,
     steps: int = 20,
-    t_end: int = 900,
+    t_end: int = DDIMSettings().t_end,
     batch_size: int = 0,
     device: str = "auto",
     dtype: str = "auto",
@@ -319,7 +319,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=["bundled", "church256"], default="bundled")
     p.add_argument("--n", type=int, default=32, help="images")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--t-end", type=int, default=900)
+    p.add_argument("--t-end", type=int, default=DDIMSettings().t_end)
     p.add_argument("--batch-size", type=int, default=0, help="oodgen's batch (default 0: the engine's default)")
     p.add_argument("--peer-batch", type=int, default=16, help="the batched peer loop's batch")
     p.add_argument("--device", default="auto")

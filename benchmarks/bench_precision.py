@@ -28,7 +28,7 @@ from oodgen import engine  # noqa: E402
 from oodgen.bundled import SAMPLE_SETS  # noqa: E402
 from oodgen.config import DDIMSettings  # noqa: E402
 from oodgen.data import load_paths, to_model_input  # noqa: E402
-from oodgen.models import DEFAULT_MODEL, DTYPES, load_model, resolve_device  # noqa: E402
+from oodgen.models import DEFAULT_MODEL, DTYPES, load_model, resolve_device, resolve_dtype  # noqa: E402
 
 TOLERANCE = 0.005  # |MAE(dtype) - MAE(float32)| allowed, [0, 1] pixel scale
 SETS = tuple(k for k, s in SAMPLE_SETS.items() if s.domain == "out-of-domain")  # galaxy, radiation
@@ -49,7 +49,7 @@ def run(
     dtypes: Optional[Sequence[str]] = None,
     every: Optional[int] = None,
     steps: Optional[int] = None,
-    t_end: int = 900,
+    t_end: int = DDIMSettings().t_end,
     log=print,
 ) -> dict:
     """MAE per set and dtype. ``every``: take every k-th image (default 5 on CPU, 1 elsewhere);
@@ -63,7 +63,9 @@ def run(
     steps = steps or (20 if cpu else DDIMSettings().steps)
     r: dict = {"device": str(dev), "model": DEFAULT_MODEL, "every": every, "steps": steps, "t_end": t_end,
                "tolerance": TOLERANCE, "dtypes": dtypes, "sets": {}}
-    log(f"precision: {', '.join(sets)} ({sampling_text(every)}), {steps} steps to t={t_end}, {', '.join(dtypes)} on {dev}")
+    r["auto"] = resolve_dtype("auto", dev)
+    log(f"precision: {', '.join(sets)} ({sampling_text(every)}), {steps} steps to t={t_end}, {', '.join(dtypes)} on {dev} "
+        f"(oodgen's default --dtype auto is {r['auto']} here)")
     models = {}
     for dtype in dtypes:
         try:
@@ -136,7 +138,7 @@ def run_args(args: argparse.Namespace, log=None) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--t-end", type=int, default=900)
+    p.add_argument("--t-end", type=int, default=DDIMSettings().t_end)
     add_args(p)
     r = run_args(p.parse_args(argv))
     print("\n| set | dtype | measured | vs float32 |\n|---|---|---|---|")

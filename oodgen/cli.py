@@ -371,6 +371,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                              lr=args.lr, seed=args.seed, flip=not args.no_flip, checkpoint_every=args.checkpoint_every)
     except ValueError as e:
         raise CLIError(f"fine-tuning settings: {e}") from None
+    if args.dtype == "auto":
+        args.dtype = "float32"  # training starts from the float32 weights (auto's bf16 would round them first)
     model, x, stretch, samples = _load_data_and_model(args)
     ckpt = finetune.checkpoint_dir_for(args.out)
     with _progress_bar("finetune", args.quiet, unit="step") as update:

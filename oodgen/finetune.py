@@ -177,6 +177,8 @@ def finetune(base: FrozenDDPM, x: torch.Tensor, settings: FinetuneSettings = Fin
     key = _key(base, x, settings)
     unet = copy.deepcopy(base.unet).to(base.device)
     if next(unet.parameters()).dtype != torch.float32:
+        log.warning("%s runs in %s: fine-tuning starts from its rounded weights (load it with dtype='float32' to avoid that)",
+                    base.name, str(base.dtype).replace("torch.", ""))
         unet.float()  # trained in float32 whatever precision the base runs in
     unet.requires_grad_(True).train()
     opt = torch.optim.Adam(unet.parameters(), lr=settings.lr)

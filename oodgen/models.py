@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .config import DTYPE_CHOICES
+from .fsutil import cache_dir
 from .schedule import alphas_cumprod_from_config
 
 log = logging.getLogger(__name__)
@@ -167,13 +168,18 @@ class FrozenDDPM:
         """Run the UNet through ``torch.compile`` from now on; in place (like ``nn.Module.compile``), returns self.
 
         Each batch shape compiles once, on its first call (seconds on a GPU, about a minute for the bundled
-        model on 2 CPU cores), so it pays off on long runs. On CUDA the UNet and its inputs switch to
+        model on 2 CPU cores), so it pays off on long runs; the generated kernels are kept in
+        ``cache_dir()/inductor`` (``$TORCHINDUCTOR_CACHE_DIR`` if set), so a later process on the same machine
+        and model skips most of that cost. On CUDA the UNet and its inputs switch to
         channels_last. ``backend`` and ``mode`` go to ``torch.compile`` (``mode="reduce-overhead"`` adds CUDA
         graphs). Where compile is unavailable (:func:`compile_unavailable`) or fails, at once or at the first
         call, a warning is logged and the plain forward is used; results agree with it to float32 rounding.
         """
         reason = compile_unavailable(self.device, backend)
         if reason is None:
+            # inductor's on-disk caches (FX graphs, autotuning) in oodgen's per-machine cache, not /tmp: a later
+            # process reuses the generated kernels instead of compiling again (it still traces, seconds)
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
             try:
                 compiled = torch.compile(self.unet, backend=backend, mode=mode, dynamic=False)
             except Exception as e:  # e.g. a Python version dynamo does not support yet

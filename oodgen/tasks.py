@@ -315,7 +315,7 @@ def run_baseline(ctx: JobContext) -> str:
         model_name = None
     elif method == "finetune":
         ft = finetune.FinetuneSettings.from_json(p.get("finetune"))
-        model = get_model(rec.meta["model"])
+        model = get_model(rec.meta["model"], dtype="float32")  # training starts from the unrounded weights
         model_name = model.name
         x, _ = to_model_input(samples, model.resolution, model.channels, stretch)
         steps = int(g.get("steps") or settings.steps)

@@ -161,7 +161,7 @@ def test_batch_size_auto_is_the_default_and_falls_back_when_the_probe_fails(tiny
     out = tmp_path / "z.safetensors"
     common = ["-q", "invert", "--input", str(pngs), "--out", str(out), "--model", str(tiny_pipeline_dir), "--steps", "2", "--device", "cpu"]
     assert main(common) == 0
-    assert load_latents(out)[1]["ddim"]["batch_size"] == 5  # auto on CPU: 32, clipped to the 5 images
+    assert load_latents(out)[1]["ddim"]["batch_size"] == 5  # auto on CPU: the measured batch (4 to 64), clipped to the 5 images
 
     def broken(*a, **k):
         raise RuntimeError("probe exploded")
@@ -169,7 +169,7 @@ def test_batch_size_auto_is_the_default_and_falls_back_when_the_probe_fails(tiny
     monkeypatch.setattr(engine, "auto_batch_size", broken)
     assert main(common) == 0
     assert load_latents(out)[1]["ddim"]["batch_size"] == 32
-    assert "could not size the batch to the device memory (RuntimeError: probe exploded); using 32" in caplog.text
+    assert "could not size the batch (RuntimeError: probe exploded); using 32" in caplog.text
     assert main([*common, "--batch-size", "3"]) == 0  # a number never probes
     assert load_latents(out)[1]["ddim"]["batch_size"] == 3
     with pytest.raises(SystemExit):

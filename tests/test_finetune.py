@@ -104,11 +104,11 @@ def test_a_time_budget_stops_the_training():
 
 
 def test_the_tuned_model_is_a_diffusers_folder_with_the_base_schedule_and_a_record(tiny_pipeline_dir, tmp_path):
-    base = load_model(str(tiny_pipeline_dir), device="cpu")
+    base = load_model(str(tiny_pipeline_dir), device="cpu", dtype="float32")
     x = _ood_images()
     result = finetune.finetune(base, x, finetune.FinetuneSettings(steps=3, batch_size=2))
     out = finetune.save_tuned(result, base, tmp_path / "tuned", {"data": [{"name": "a.png", "sha256": "0" * 64}]})
-    tuned = load_model(str(out), device="cpu")
+    tuned = load_model(str(out), device="cpu", dtype="float32")
     assert np.array_equal(tuned.alphas_cumprod, base.alphas_cumprod)
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text()) == \
         json.loads((tiny_pipeline_dir / "scheduler" / "scheduler_config.json").read_text())  # copied from the base model
