@@ -148,7 +148,7 @@ def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
 def _models(arch: str, device: torch.device, dtype: str) -> tuple[torch.nn.Module, FrozenDDPM, FrozenDDPM]:
     """(plain float32 UNet, oodgen model, oodgen model to compile): three copies of the same weights."""
     if arch == "bundled":
-        return load_model(device=str(device)).unet, load_model(device=str(device), dtype=dtype), load_model(device=str(device), dtype=dtype)
+        return load_model(device=str(device), dtype="float32").unet, load_model(device=str(device), dtype=dtype), load_model(device=str(device), dtype=dtype)
     from diffusers import UNet2DModel
 
     plain = UNet2DModel(**CHURCH_256).eval().requires_grad_(False).to(device)

@@ -173,10 +173,12 @@ def _cpu_timer(model: FrozenDDPM, sample_shape: tuple[int, int, int]) -> Forward
 
     def time_forward(b: int) -> float:
         x = torch.zeros((b, *sample_shape), dtype=model.dtype)
+        if model._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         t = torch.full((b,), model.num_train_timesteps // 2, dtype=torch.long)
         best = math.inf
         with torch.inference_mode():
-            for k in range(3):  # the first is a warm-up: allocator, oneDNN primitives for this shape
+            for k in range(4):  # the first is a warm-up: allocator, oneDNN primitives for this shape
                 t0 = time.perf_counter()
                 model.unet(x, t)
                 if k:
@@ -194,7 +196,7 @@ def _cpu_key(model: FrozenDDPM, sample_shape: tuple[int, int, int]) -> str:
     except (OSError, StopIteration):
         pass
     dtype = str(model.dtype).replace("torch.", "")
-    return f"{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}|{model.name}|{model.num_parameters}|{dtype}|{'x'.join(map(str, sample_shape))}"
+    return f"{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}|{model.name}|{model.num_parameters}|{dtype}|{'x'.join(map(str, sample_shape))}|{'channels_last' if model._channels_last else 'contiguous'}"
 
 
 def cpu_batch_size(
@@ -208,8 +210,8 @@ def cpu_batch_size(
 
     Measured once per CPU, thread count, torch version, model, precision and image shape, and remembered in
     ``cache_file`` (default ``cache_dir()/cpu_batch_sizes.json``), so a later process pays nothing. The
-    candidates are timed in increasing order (a warm-up and the best of two forwards each) and the search
-    stops once a batch is more than 10% slower per image than the best so far: throughput on a CPU rises while a
+    candidates are timed in increasing order (a warm-up and the best of three forwards each) and the search
+    stops once two batches in a row are more than 10% slower per image than the best so far: throughput on a CPU rises while a
     batch amortises per-call overhead and falls once its activations spill out of the caches (the bundled
     64x64 model on 2 cores: best at 16 in float32, 32 in bfloat16, README "Speed"). ``time_forward`` replaces
     the timer (tests). A cache that cannot be read or written is ignored (logged), never an error.
@@ -227,9 +229,11 @@ def cpu_batch_size(
     timer = time_forward or _cpu_timer(model, shape)
     rates: dict[int, float] = {}
     t0 = time.perf_counter()
+    slower = 0  # consecutive candidates more than 10% below the best so far
     for b in candidates:
         rates[b] = b / max(timer(b), 1e-12)
-        if rates[b] < 0.9 * max(rates.values()):
+        slower = slower + 1 if rates[b] < 0.9 * max(rates.values()) else 0
+        if slower == 2:
             break
     best = max(rates, key=rates.get)
     log.info("batch size %d on this CPU for %s (images/s per batch: %s; measured in %.1f s, cached in %s)", best, model.name,

@@ -11,6 +11,9 @@ Layouts understood for a folder (local, or a hub snapshot):
 A file ``*.pt`` / ``*.pth`` / ``*.ckpt`` (or a single ``*.safetensors``) is an ADM / improved-DDPM
 checkpoint and needs ``model_config`` (a preset name of :mod:`oodgen.adm`, or its arguments).
 
+On CPU the UNet runs in channels_last (:meth:`FrozenDDPM.use_channels_last`, measured faster there) and, by default
+(``dtype="auto"``), in bfloat16 where the CPU has native bf16 (:func:`resolve_dtype`).
+
 Fast path (opt in): :meth:`FrozenDDPM.compile` (``load_model(..., compile=True)``, ``--compile``) runs the
 UNet through ``torch.compile``, in channels_last on CUDA. Where that is unavailable (``OODGEN_NO_COMPILE=1``,
 Hugging Face ZeroGPU, no compiler) or fails, a warning is logged and the plain forward runs instead.
@@ -188,18 +191,25 @@ class FrozenDDPM:
             log.warning("%s: torch.compile not used (%s); running the plain UNet forward", self.name, reason)
             return self
         if self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-            self._channels_last = True
+            self.use_channels_last()
         self._compiled = compiled
         self._cudagraphs = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
         log.info("%s: UNet compiled with torch.compile(backend=%s, mode=%s)", self.name, backend, mode)
         return self
 
+    def use_channels_last(self) -> "FrozenDDPM":
+        """Run the UNet in channels_last (NHWC) memory format from now on; in place, returns self. The default on CPU,
+        where oneDNN's convolutions run faster so (the bundled model on 2 cores: about 1.15x in float32 and 1.2x in
+        bfloat16, README "Speed"); eps still takes and returns contiguous float32 tensors."""
+        self.unet.to(memory_format=torch.channels_last)
+        self._channels_last = True
+        return self
+
     def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Raw UNet output [B, C_out, H, W] for x [B, C, H, W] in the UNet dtype and timesteps t [B]."""
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled is not None:
-            if self._channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             if self._cudagraphs:  # the previous call's output may be overwritten: it has been consumed by then
                 torch.compiler.cudagraph_mark_step_begin()
             try:
@@ -216,7 +226,7 @@ class FrozenDDPM:
     def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """Predicted noise eps_theta(x_t, t) [B, C, H, W] float32 for x [B, C, H, W] float32 on ``device``."""
         tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        out = self._forward(x.to(self.dtype), tt).float()
+        out = self._forward(x.to(self.dtype), tt).to(torch.float32, memory_format=torch.contiguous_format)
         if out.shape[1] == 2 * self.channels:  # learned sigma (improved DDPM / ADM): eps is the first half
             out = out[:, : self.channels]
         if self.prediction_type == "epsilon":
@@ -377,4 +387,6 @@ def load_model(
         dtype=torch_dtype,
         prediction_type=prediction_type,
     )
+    if dev.type == "cpu":
+        frozen.use_channels_last()
     return frozen.compile() if compile else frozen

@@ -93,6 +93,18 @@ def test_auto_dtype_is_bf16_only_on_cpus_with_native_bf16(tiny_pipeline_dir, mon
         models.resolve_dtype("bf16", torch.device("cpu"))
 
 
+def test_cpu_models_run_channels_last_and_eps_is_unchanged_and_contiguous(tiny_pipeline_dir):
+    m = load_model(str(tiny_pipeline_dir), device="cpu", dtype="float32")
+    assert m._channels_last and m.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = load_model(str(tiny_pipeline_dir), device="cpu", dtype="float32")
+    plain.unet.to(memory_format=torch.contiguous_format)
+    plain._channels_last = False
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    e = m.eps(x, 300)
+    assert e.is_contiguous() and e.dtype == torch.float32
+    assert torch.allclose(e, plain.eps(x, 300), atol=1e-5)
+
+
 def test_native_bf16_reads_the_cpu_capabilities(monkeypatch):
     from oodgen import models
 
