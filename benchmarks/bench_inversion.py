@@ -88,19 +88,21 @@ def forward_flops(unet: torch.nn.Module, res: int, device: torch.device) -> floa
     return float(fc.get_total_flops())
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """The best GFLOP/s of an n x n matrix product in ``dtype`` on ``device``: the roofline's compute ceiling."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> float:
+    """The best GFLOP/s of square matrix products in ``dtype`` on ``device`` over ``sizes`` (the best of ``repeats``
+    after a warm-up each): the roofline's compute ceiling, as the BLAS of this torch reaches it here."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
         a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            a @ b
+            sync(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def roofline(flops: float, rates: dict[str, float], dtypes: dict[str, str], device: torch.device) -> dict:
@@ -258,7 +260,7 @@ def run(
 def auto_batch(model: FrozenDDPM) -> dict:
     """What :func:`oodgen.engine.auto_batch_size` picks for ``model`` (cap 256, not clipped to --n), and on CUDA
     the probed memory it is sized from (MiB per image, fixed MiB, free GiB)."""
-    r: dict = {"batch_size": engine.auto_batch_size(model)}
+    r: dict = {"batch_size": engine.auto_batch_size(model), "device": model.device.type}
     if model.device.type == "cuda":
         per_image, fixed = engine.measure_batch_memory(model)
         r.update(per_image_mib=per_image / 2**20, fixed_mib=fixed / 2**20, free_gib=torch.cuda.mem_get_info(model.device)[0] / 2**30)
@@ -268,7 +270,7 @@ def auto_batch(model: FrozenDDPM) -> dict:
 def auto_batch_text(a: dict) -> str:
     """One line for the reports."""
     if "per_image_mib" not in a:
-        return f"{a['batch_size']} (the default off CUDA)"
+        return f"{a['batch_size']} (measured once on this CPU, cached)" if a.get("device") == "cpu" else f"{a['batch_size']} (the default off CUDA)"
     return (f"{a['batch_size']} ({a['per_image_mib']:.1f} MiB per image + {a['fixed_mib']:.0f} MiB fixed, "
             f"{a['free_gib']:.1f} GiB free, cap 256)")
 
