@@ -97,7 +97,13 @@ def main() -> None:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--out", type=Path, default=Path("assets/models/oodgen-photos-64"))
     p.add_argument("--card-only", action="store_true")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue training from a saved model folder (its unet/ weights start both the model and its EMA; "
+                        "a fresh optimizer and schedule); recorded in training.json")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.ckpt.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.ckpt / "train.log")])
@@ -112,6 +118,9 @@ def main() -> None:
     ab = torch.from_numpy(linear_alphas_cumprod()).float()
     bf16 = native_bf16()
     unet, ema = UNet2DModel(**UNET_CONFIG), UNet2DModel(**UNET_CONFIG)
+    if args.init_from is not None:
+        unet.load_state_dict(UNet2DModel.from_pretrained(args.init_from / "unet").state_dict())
+        log.info("initialised from %s", args.init_from)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
@@ -185,6 +194,7 @@ def save_model(ema, args, state, n_params, bf16, DDPMPipeline, DDPMScheduler) ->
                  seed=args.seed, bf16_autocast=bf16, final_loss_avg200=round(float(np.mean(losses[-200:])), 5),
                  minutes=round(state["seconds"] / 60, 1), parameters=n_params, torch=torch.__version__,
                  threads=torch.get_num_threads(), replanned_at_step_from_to=state.get("replanned", []),
+                 init_from=str(args.init_from) if args.init_from else None,
                  loss_curve_every50=curve)
     (args.out / "training.json").write_text(json.dumps(stats, indent=1) + "\n")
 
