@@ -145,6 +145,31 @@ def on_cancel(owner, job_id):
         raise _err(e) from None
 
 
+def on_delete_choices(owner, current=None):
+    """The owner's deletable things; the current pick stays if it is still there (never a pick made for the user)."""
+    choices = service.deletable_choices(owner) if owner else []
+    return gr.Dropdown(choices=choices, value=current if current in [c[1] for c in choices] else None)
+
+
+def on_delete_ask(owner, ref):
+    """Step one of a deletion: say what would go and show the confirmation row."""
+    try:
+        question = service.delete_question(owner, ref)
+    except ValueError as e:
+        raise _err(e) from None
+    return gr.Row(visible=True), question, ""
+
+
+def on_delete_yes(owner, ref, current_dataset):
+    """Step two: delete, hide the confirmation, refresh the lists that may have held it."""
+    try:
+        note = service.delete_own(owner, ref)
+    except ValueError as e:
+        raise _err(e) from None
+    return (gr.Row(visible=False), note, on_delete_choices(owner), _dd(service.dataset_choices(owner), "bundled:galaxy", keep=current_dataset),
+            "", service.jobs_html(owner))  # jobs_seen "": the next tick refreshes the run and generated-set lists
+
+
 # ---------------------------------------------------------------- diagnostics
 N_DIAG = 9  # summary, table, UMAP, geometry, radii, reconstruction pairs, their MAE, sweep plot, sweep table
 
@@ -603,7 +628,7 @@ def build() -> gr.Blocks:
         gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
                     "then sample new latents in the region they occupy and denoise them with the unchanged model.")
         with gr.Row():
-            model = gr.Dropdown(list(REGISTRY), value=DEFAULT_MODEL, label="Base model (registry name, local folder or hub id)",
+            model = gr.Dropdown(list(REGISTRY), value=DEFAULT_MODEL, label="Base model (registry name, or a folder under the model root)",
                                 allow_custom_value=True, scale=2, elem_id="model")
             model_info = gr.Markdown(elem_id="model_info")
             if OAUTH:
@@ -614,6 +639,16 @@ def build() -> gr.Blocks:
                 cancel_pick = gr.Dropdown([], label="Running or queued job", scale=3, elem_id="cancel_pick")
                 cancel_btn = gr.Button("Cancel job", variant="stop", scale=1)
             cancel_note = gr.Markdown()
+        with gr.Accordion("Delete your datasets, runs, generated sets or finished jobs", open=False, elem_id="housekeeping") as del_box:
+            with gr.Row():
+                del_pick = gr.Dropdown([], label="One of yours (bundled sets and what others share are not listed)", scale=3,
+                                       elem_id="del_pick")
+                del_btn = gr.Button("Delete...", variant="stop", scale=1, elem_id="del_btn")
+            with gr.Row(visible=False, elem_id="del_confirm") as del_confirm:
+                del_question = gr.Markdown(elem_id="del_question")
+                del_yes = gr.Button("Yes, delete", variant="stop", scale=0, elem_id="del_yes")
+                del_no = gr.Button("Keep it", scale=0, elem_id="del_no")
+            del_note = gr.Markdown(elem_id="del_note")
         timer = gr.Timer(1.0)
 
         with gr.Tab("Data"):
@@ -869,11 +904,18 @@ def build() -> gr.Blocks:
                     q_seen, *quality_outputs],
                    concurrency_limit=None, show_progress="hidden")
         cancel_btn.click(on_cancel, [owner, cancel_pick], [cancel_note, jobs])
+        del_box.expand(on_delete_choices, [owner, del_pick], del_pick)
+        jobs_seen.change(on_delete_choices, [owner, del_pick], del_pick)  # a job ended: a new run, set or finished job
+        del_pick.change(lambda: (gr.Row(visible=False), ""), None, [del_confirm, del_question])
+        del_btn.click(on_delete_ask, [owner, del_pick], [del_confirm, del_question, del_note])
+        del_no.click(lambda: (gr.Row(visible=False), "Nothing deleted."), None, [del_confirm, del_note])
+        del_yes.click(on_delete_yes, [owner, del_pick, dataset], [del_confirm, del_note, del_pick, dataset, jobs_seen, jobs])
 
         dataset_outputs = [preview, data_report, invert_dataset, data_legend, data_colorbar, data_view]
         dataset.change(on_dataset, [owner, dataset], dataset_outputs).then(on_dataset_runs, [owner, dataset], [gen_run, diag_run])
         data_view.input(on_dataset, [owner, dataset, data_view], dataset_outputs)
-        up_btn.click(on_upload, [owner, uploads, up_name, up_shared], [dataset, preview, data_report])
+        up_btn.click(on_upload, [owner, uploads, up_name, up_shared], [dataset, preview, data_report]).then(
+            on_delete_choices, [owner, del_pick], del_pick)
         invert_btn.click(on_invert, [owner, dataset, model, t_end, steps, batch, run_name], [invert_note, jobs])
 
         for control in (diag_run, diag_ref, dark):

@@ -376,6 +376,20 @@ class JobQueue:
                 self.cancel_path(job_id).touch()  # the runner polls it; the holder removes it when the job ends
             return self._remember(current)
 
+    def forget(self, job_id: str, owner: str) -> Job:
+        """Remove a finished job of ``owner`` from the list (its file and folder; what it saved stays). Active jobs are refused."""
+        job = self.get(job_id, owner)
+        with self._state():
+            current = self._read(job_id) or job
+            if current.status in ACTIVE or job_id in self._live:
+                raise ValueError(f"job {current.label!r} is {current.status}: cancel it first, then remove it once it has ended")
+            self.workspace.job_path(job_id).unlink(missing_ok=True)
+            shutil.rmtree(self.workspace.job_dir(job_id), ignore_errors=True)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._keys.pop(job_id, None)
+        return current
+
     def get(self, job_id: str, owner: Optional[str] = None) -> Job:
         self._refresh()
         with self._lock:

@@ -341,10 +341,12 @@ def load_model(
     dtype: str = "auto",
     model_config: Any = None,
     compile: bool = False,
+    local: bool = True,
 ) -> FrozenDDPM:
     """Load a frozen DDPM by registry key, local folder, checkpoint file or hub id.
 
     ``model_config`` is only for raw ADM checkpoints (preset name, dict or JSON file path).
+    ``local=False`` takes a name that is not a registry key as a hub id only, never as a path on this machine.
     ``compile`` runs the UNet through torch.compile (:meth:`FrozenDDPM.compile`; plain where unavailable).
     """
     dev = resolve_device(device)
@@ -352,7 +354,9 @@ def load_model(
     spec = REGISTRY.get(model)
     source = spec.source if spec else model
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+    if not local and spec is None:
+        unet, sched_cfg = _load_diffusers_folder(_hub_snapshot(source), torch_dtype)
+    elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         unet, sched_cfg = _load_checkpoint(path, model_config)
     elif path.is_dir():
         unet, sched_cfg = _load_diffusers_folder(path, torch_dtype)

@@ -294,6 +294,69 @@ def cancel_job(owner: str, job_id: Optional[str]) -> str:
     return f"Asked job **{_label(job)}** to stop."
 
 
+# ---------------------------------------------------------------- deleting one's own things
+DELETABLE = {"datasets": "dataset", "runs": "run", "generated": "generated set"}  # workspace kind -> what the page calls it
+_AFTER = {"datasets": "runs made from it keep their latents and thumbnails",
+          "runs": "generated sets made from it keep their images",
+          "generated": "studies made from it keep their items and ratings"}
+
+
+def deletable_choices(owner: str) -> list[tuple[str, str]]:
+    """(label, ``kind:id``) of what ``owner`` may delete: their own datasets, runs and generated sets (not bundled
+    sets, not what others share) and their finished jobs."""
+    b = backend()
+    out = [(f"{what}: {r.label()} · {r.created}", f"{kind}:{r.id}")
+           for kind, what in DELETABLE.items() for r in b.ws.list(kind, owner) if r.owner == owner]
+    out += [(f"finished job: {j.label} [{j.status}, {_job_when(j)}]", f"jobs:{j.id}") for j in b.jobs.jobs(owner) if j.status not in ACTIVE]
+    return out
+
+
+def _deletable(owner: str, ref: Optional[str]) -> tuple[str, str, str]:
+    """(kind, id, what it is called on the page) of ``ref``, one of the owner's own things, or UserError."""
+    kind, _, rid = (ref or "").partition(":")
+    if not rid:
+        raise UserError("nothing chosen: pick one of your datasets, runs, generated sets or finished jobs to delete")
+    try:
+        if kind == "jobs":
+            job = backend().jobs.get(rid, owner)
+            if job.status in ACTIVE:
+                raise UserError(f"job {job.label!r} is {job.status}: cancel it first, then remove it once it has ended")
+            return kind, rid, f"finished job {job.label!r}"
+        if kind not in DELETABLE:
+            raise UserError(f"{kind!r} cannot be deleted here")
+        rec = backend().ws.get(kind, rid, owner)
+    except (KeyError, WorkspaceError):
+        raise UserError("that item is gone or is not yours: pick one from the refreshed list") from None
+    if rec.owner != owner:
+        raise UserError(f"{DELETABLE[kind]} {rec.name!r} is shared by another user: only its owner can delete it")
+    busy = [j.label for j in backend().jobs.jobs(owner=None) if j.status in ACTIVE and rid in json.dumps(j.params)]
+    if busy:
+        raise UserError(f"{DELETABLE[kind]} {rec.name!r} is in use by the job {busy[0]!r}: wait for it to end (or cancel it), then delete")
+    return kind, rid, f"{DELETABLE[kind]} {rec.name!r}"
+
+
+def delete_question(owner: str, ref: Optional[str]) -> str:
+    """The confirmation to show before :func:`delete_own` (Markdown), or UserError when ``ref`` cannot be deleted."""
+    kind, _, what = _deletable(owner, ref)
+    if kind == "jobs":
+        return f"Remove **{html.escape(what)}** from your jobs? What it saved stays."
+    return f"Delete **{html.escape(what)}** and all its files? This cannot be undone ({_AFTER[kind]})."
+
+
+def delete_own(owner: str, ref: Optional[str]) -> str:
+    """Delete one of the owner's own datasets, runs or generated sets with its files, or remove a finished job."""
+    kind, rid, what = _deletable(owner, ref)
+    try:
+        if kind == "jobs":
+            backend().jobs.forget(rid, owner)
+        else:
+            backend().ws.delete(kind, rid, owner)
+    except (KeyError, ValueError) as e:  # ended or changed between the question and the answer
+        raise UserError(str(e)) from None
+    log.info("%s deleted %s %s", owner, kind, rid)
+    return f"Deleted {html.escape(what)}." if kind != "jobs" else f"Removed {html.escape(what)}."
+
+
 def run_in_request(job: Job) -> None:
     """On ZeroGPU, run a just-submitted job inside the page event that submitted it (else nothing to do)."""
     if zerogpu.active():

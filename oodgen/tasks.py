@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,8 +34,8 @@ from .generated import data_folder, model_output_images, write_generated
 from .jobs import JobContext
 from .fsutil import atomic_dir, atomic_write, write_json
 from .latents import load_latents, source_noise
-from .models import FrozenDDPM, load_model
-from .workspace import Record, Workspace, WorkspaceError
+from .models import DEFAULT_MODEL, REGISTRY, FrozenDDPM, ModelLoadError, load_model
+from .workspace import Record, Workspace, WorkspaceError, home_from_env
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +46,63 @@ N_RECON_PAIRS = 8  # original-versus-reconstruction pairs shown with the diagnos
 REFERENCES = {"prior": "the model's own prior N(0, I), pushed to t_end by DDIM"}
 REFERENCES.update({k: f"in-domain images '{k}' inverted with the same settings" for k, s in SAMPLE_SETS.items() if s.domain == "in-domain"})
 
-_MODELS: dict[tuple[str, str, str], FrozenDDPM] = {}
+# Which models the app may load from its free-text model box (the command line loads anything it is given):
+MODEL_ROOT_ENV = "OODGEN_MODEL_ROOT"  # folders (os.pathsep-separated) under which model folders may be named; default <OODGEN_HOME>/models
+ALLOW_HUB_ENV = "OODGEN_ALLOW_HUB"  # "1": hub ids (owner/name) outside the registry may be downloaded (off: nothing downloads)
+MODEL_CACHE_ENV = "OODGEN_MODEL_CACHE"  # models kept loaded at once, least recently used dropped first (default 3)
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+_MODELS: "OrderedDict[tuple[str, str, str], FrozenDDPM]" = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
+def model_roots() -> list[Path]:
+    """The folders under which the app loads model folders ($OODGEN_MODEL_ROOT, else the workspace's models/)."""
+    raw = os.environ.get(MODEL_ROOT_ENV, "")
+    roots = [Path(r).expanduser() for r in raw.split(os.pathsep) if r.strip()] or [home_from_env() / "models"]
+    return [r.resolve() for r in roots]
+
+
+def app_model_source(name: str) -> tuple[str, bool]:
+    """(what to load, whether it may be a local path) for a model named in the app, or ModelLoadError.
+
+    Allowed: a registry name or the owner's $OODGEN_DEFAULT_MODEL; a folder or checkpoint file under :func:`model_roots` (full path, symlinks
+    resolved); a hub id ``owner/name`` where $OODGEN_ALLOW_HUB=1. Nothing else is looked up on this machine,
+    and the refusal does not say what exists here.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise ModelLoadError(f"no model named: pick one of {', '.join(REGISTRY)}")
+    if name in REGISTRY or name == DEFAULT_MODEL:  # the registry, or the default the app's owner set ($OODGEN_DEFAULT_MODEL)
+        return name, True
+    if _HUB_ID.fullmatch(name) and not name.startswith("."):
+        if os.environ.get(ALLOW_HUB_ENV) == "1":
+            return name, False
+        raise ModelLoadError(f"{name!r} is not one of this app's models ({', '.join(REGISTRY)}) and loading hub ids is off here "
+                             f"(the app's owner can allow it with {ALLOW_HUB_ENV}=1)")
+    path = Path(name).expanduser()
+    where = f"a folder under the app's model root (${MODEL_ROOT_ENV}, default the workspace's models/ folder)"
+    if not path.is_absolute():
+        raise ModelLoadError(f"{name!r} is not a registry name ({', '.join(REGISTRY)}); a local model is given by the full path of {where}")
+    resolved = path.resolve()
+    if not any(resolved == r or r in resolved.parents for r in model_roots()):
+        raise ModelLoadError(f"{name!r} is not under the app's model root: local models must be {where}")
+    return str(resolved), True
+
+
 def get_model(name: str, device: str = "auto", dtype: str = "auto") -> FrozenDDPM:
-    """A loaded model, cached per (name, device, dtype) for the life of the process (shared on purpose:
-    frozen and read-only, and loading takes seconds)."""
-    key = (name, device, dtype)
+    """A loaded model allowed by :func:`app_model_source`, cached per (name, device, dtype) (shared on purpose:
+    frozen and read-only, and loading takes seconds); at most $OODGEN_MODEL_CACHE models stay loaded."""
+    source, local = app_model_source(name)
+    key = (source, device, dtype)
+    cap = max(1, int(os.environ.get(MODEL_CACHE_ENV) or 3))
     with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(name, device=device, dtype=dtype)
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+        else:
+            _MODELS[key] = load_model(source, device=device, dtype=dtype, local=local)
+            while len(_MODELS) > cap:  # a job still running on a dropped model keeps its own reference
+                _MODELS.popitem(last=False)
         return _MODELS[key]
 
 

@@ -212,7 +212,10 @@ class Workspace:
         return self._record(kind, rec.root, manifest)
 
     def delete(self, kind: str, record_id: str, owner: str) -> None:
+        """Remove one of ``owner``'s own records with its files (a shared record of another owner is refused)."""
         rec = self.get(kind, record_id, owner)
+        if rec.owner != owner:
+            raise WorkspaceError(f"{rec.label()} is shared by another user: only its owner can delete it")
         trash = rec.root.with_name(f".{rec.id}.deleted")
         os.rename(rec.root, trash)  # vanishes from listings at once
         shutil.rmtree(trash, ignore_errors=True)

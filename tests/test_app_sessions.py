@@ -51,6 +51,16 @@ def _page(browser, url):
     return pg
 
 
+def _upload(page, name: str, n: int) -> None:
+    """Save the first ``n`` bundled faces as a new dataset ``name`` through the Data tab."""
+    _tab(page, "Data")
+    page.get_by_text("Upload a new dataset").click()
+    page.locator("input[type=file]").first.set_input_files([str(p) for p in sorted((SAMPLES / "faces").glob("*.png"))[:n]])
+    page.get_by_label("Dataset name").fill(name)
+    page.get_by_role("button", name="Save dataset").click()
+    page.locator("#data_report").get_by_text("Saved as dataset").wait_for(timeout=60_000)
+
+
 def _start_rating(page, rater: str) -> None:
     _tab(page, "Rate")
     _fill(page, "rater", rater)
@@ -76,12 +86,7 @@ def _rows(home: Path, rater: str) -> list[dict]:
 def test_restart_then_reload_shows_the_same_datasets_and_rater(app_server, browser):
     page = _page(browser, app_server.url)
     # an upload (a dataset only this browser sees) and a rater session remembered by the browser
-    _tab(page, "Data")
-    page.get_by_text("Upload a new dataset").click()
-    page.locator("input[type=file]").first.set_input_files([str(p) for p in sorted((SAMPLES / "faces").glob("*.png"))[:3]])
-    page.get_by_label("Dataset name").fill("restart set")
-    page.get_by_role("button", name="Save dataset").click()
-    page.locator("#data_report").get_by_text("Saved as dataset").wait_for(timeout=60_000)
+    _upload(page, "restart set", 3)
     _start_rating(page, "Dr Restart")
     page.locator("#score_4").click()
     page.locator("#rate_progress").get_by_text(f"2 / {N_ITEMS}").wait_for(timeout=30_000)
@@ -183,3 +188,37 @@ def test_rater_only_page_shows_just_the_rating_and_fits_800_px(app_server, brows
     page.locator("#rate_progress").get_by_text(f"2 / {N_ITEMS}").wait_for(timeout=60_000)
     page.wait_for_function("() => document.querySelector('#rater input, #rater textarea')?.value === 'Dr Page'", timeout=30_000)
     assert [r["score"] for r in _rows(app_server.home, "Dr Page")] == ["2"]
+
+
+def test_main_rate_tab_buttons_fit_an_800_px_window(app_server, browser):
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    page.goto(app_server.url)
+    page.locator("#model_info").get_by_text("oodgen-faces-32").wait_for(timeout=60_000)
+    _start_rating(page, "Dr Narrow")
+    for s in (5, 4, 3, 2, 1):  # the owner's Rate tab lays the buttons out like the /rate page
+        box = page.locator(f"#score_{s}").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 800, (s, box)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 800  # nothing sideways
+
+
+def test_an_upload_is_deleted_only_after_confirmation(app_server, browser):
+    from oodgen.workspace import Workspace
+
+    page = _page(browser, app_server.url)
+    _upload(page, "doomed set", 2)
+    ws = Workspace(app_server.home)
+    (rec,) = ws.list("datasets")
+    page.get_by_text("Delete your datasets, runs, generated sets or finished jobs").click()
+    _choose(page, "del_pick", "dataset: doomed set (2)")
+    page.locator("#del_btn").click()
+    page.locator("#del_question").get_by_text("and all its files? This cannot be undone").wait_for(timeout=30_000)
+    page.locator("#del_no").click()
+    page.locator("#del_note").get_by_text("Nothing deleted.").wait_for(timeout=30_000)
+    assert rec.root.is_dir()  # "Keep it" kept it
+    page.locator("#del_btn").click()
+    page.locator("#del_yes").click()
+    page.locator("#del_note").get_by_text("Deleted dataset 'doomed set'.").wait_for(timeout=30_000)
+    assert ws.list("datasets") == [] and not rec.root.exists()
+    page.locator("#dataset input").click()
+    page.get_by_role("option", name="galaxy").first.wait_for(timeout=10_000)
+    assert page.get_by_role("option", name="doomed set").count() == 0  # gone from the Data tab's list too

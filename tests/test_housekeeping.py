@@ -60,3 +60,53 @@ def test_finished_jobs_leave_the_jobs_panel_after_an_hour(backend, monkeypatch):
     assert "finished yesterday" not in panel and "failed two hours ago" not in panel
     del jobs[:2]
     assert "No jobs in the last hour" in service.jobs_html("anon-a")
+
+
+# ---------------------------------------------------------------- deleting one's own things
+def _fill(tmp):
+    (tmp / "payload.txt").write_text("x")
+    return {"n": 3}
+
+
+def test_an_owner_deletes_their_own_datasets_runs_sets_and_finished_jobs(backend):
+    import threading
+
+    ws, q = backend.ws, backend.jobs
+    mine = {kind: ws.create(kind, f"my {kind}", "anon-a", _fill) for kind in service.DELETABLE}
+    theirs = ws.create("runs", "their shared run", "anon-b", _fill)
+    theirs = ws.update("runs", theirs.id, shared=True)
+    release = threading.Event()
+    q.runners["hold"] = lambda ctx: release.wait(60) and {}
+    q.runners["noop"] = lambda ctx: {}
+    done = q.wait(q.submit("noop", "anon-a", "a finished job", {}).id, 60)
+    busy = q.submit("hold", "anon-a", "a job reading the dataset", {"dataset": mine["datasets"].id})
+    deadline = time.monotonic() + 60
+    while q.get(busy.id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    refs = [ref for _, ref in service.deletable_choices("anon-a")]
+    assert sorted(refs) == sorted([f"{k}:{r.id}" for k, r in mine.items()] + [f"jobs:{done.id}"])  # not the shared run, not the active job
+    assert "all its files" in service.delete_question("anon-a", f"runs:{mine['runs'].id}")
+    with pytest.raises(service.UserError, match="in use by the job 'a job reading the dataset'"):
+        service.delete_own("anon-a", f"datasets:{mine['datasets'].id}")
+    with pytest.raises(service.UserError, match="cancel it first"):
+        service.delete_own("anon-a", f"jobs:{busy.id}")
+    with pytest.raises(service.UserError, match="only its owner can delete it"):
+        service.delete_own("anon-a", f"runs:{theirs.id}")
+    with pytest.raises(service.UserError, match="not yours"):
+        service.delete_own("anon-b", f"generated:{mine['generated'].id}")  # another visitor cannot reach it at all
+
+    for kind in ("runs", "generated"):
+        root = mine[kind].root
+        assert "Deleted" in service.delete_own("anon-a", f"{kind}:{mine[kind].id}")
+        assert not root.exists() and ws.list(kind, "anon-a") == ([theirs] if kind == "runs" else [])
+    assert "Removed" in service.delete_own("anon-a", f"jobs:{done.id}")
+    assert done.id not in [j.id for j in q.jobs("anon-a")] and not ws.job_path(done.id).exists()
+    release.set()
+    q.wait(busy.id, 60)
+    service.delete_own("anon-a", f"datasets:{mine['datasets'].id}")  # free once its job has ended
+    assert ws.list("datasets", "anon-a") == [] and ws.get("runs", theirs.id).root.exists()
+    with pytest.raises(service.UserError, match="gone"):
+        service.delete_own("anon-a", f"datasets:{mine['datasets'].id}")
+    with pytest.raises(service.UserError, match="nothing chosen"):
+        service.delete_question("anon-a", None)

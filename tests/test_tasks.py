@@ -1,7 +1,9 @@
 """Job runners on the bundled model: chunked inversion that resumes after a crash, generated sets, zips."""
 
 import json
+import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from oodgen.config import DDIMSettings
 from oodgen.data import load_paths, to_model_input
 from oodgen.jobs import Job, JobQueue
 from oodgen.latents import load_latents
+from oodgen.models import ModelLoadError
 from oodgen.workspace import Workspace
-from tests.conftest import SAMPLES, require_bundled_model
+from tests.conftest import REPO, SAMPLES, require_bundled_model
 
 SETTINGS = DDIMSettings(t_end=900, steps=5, batch_size=4)
 
@@ -233,3 +236,89 @@ def test_quality_fails_clearly_for_too_few_real_images_and_gone_sources(tmp_path
         assert tasks.cached_quality(ws.get("generated", gen_id)) is None
     finally:
         q.close()
+
+
+# ---------------------------------------------------------------- which models the app loads
+class _FakeLoads:
+    """Stands in for models.load_model: records what would have been loaded (nothing is read from disk)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, bool]] = []
+
+    def __call__(self, source, device="auto", dtype="auto", local=True):
+        self.calls.append((source, local))
+        return object()
+
+
+@pytest.fixture
+def fake_loads(monkeypatch, tmp_path):
+    fake = _FakeLoads()
+    monkeypatch.setattr(tasks, "load_model", fake)
+    monkeypatch.setattr(tasks, "_MODELS", tasks.OrderedDict())
+    monkeypatch.setenv("OODGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(tasks.MODEL_ROOT_ENV, raising=False)
+    monkeypatch.delenv(tasks.ALLOW_HUB_ENV, raising=False)
+    return fake
+
+
+def test_the_app_loads_registry_names_and_folders_under_its_model_root(fake_loads, tmp_path, monkeypatch):
+    tasks.get_model("oodgen-faces-32")
+    root = tmp_path / "home" / "models"
+    (root / "mine").mkdir(parents=True)
+    tasks.get_model(str(root / "mine"))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.setenv(tasks.MODEL_ROOT_ENV, f"{tmp_path / 'nowhere'}{os.pathsep}{other}")
+    tasks.get_model(str(other / "x"))  # under a second configured root
+    assert fake_loads.calls == [("oodgen-faces-32", True), (str((root / "mine").resolve()), True), (str((other / "x").resolve()), True)]
+
+
+@pytest.mark.parametrize("name", ["/etc", "/work", "../assets/models/oodgen-faces-32", "assets/models/oodgen-faces-32/unet",
+                                  "~/x", "/tmp/../etc/passwd.ckpt", ""])
+def test_the_app_refuses_other_paths_without_probing_them(fake_loads, name):
+    with pytest.raises(ModelLoadError) as e:
+        tasks.get_model(name)
+    assert fake_loads.calls == []  # never handed to the loader, which would look at the path
+    assert "/work" not in str(e.value).replace(repr(name), "")  # the message names no server path but the one typed
+
+
+def test_a_symlink_out_of_the_model_root_is_refused(fake_loads, tmp_path):
+    root = tmp_path / "home" / "models"
+    root.mkdir(parents=True)
+    (root / "escape").symlink_to(tmp_path)
+    with pytest.raises(ModelLoadError, match="not under the app's model root"):
+        tasks.get_model(str(root / "escape"))
+    assert fake_loads.calls == []
+
+
+def test_hub_ids_only_where_the_owner_allows_them_and_never_as_paths(fake_loads, monkeypatch):
+    with pytest.raises(ModelLoadError, match="OODGEN_ALLOW_HUB=1"):
+        tasks.get_model("google/ddpm-church-256")
+    monkeypatch.setenv(tasks.ALLOW_HUB_ENV, "1")
+    tasks.get_model("assets/samples")  # hub-shaped: a hub id, not the folder of that name here
+    assert fake_loads.calls == [("assets/samples", False)]
+
+
+def test_the_model_cache_keeps_the_most_recently_used(fake_loads, tmp_path, monkeypatch):
+    monkeypatch.setenv(tasks.MODEL_CACHE_ENV, "2")
+    root = tmp_path / "home" / "models"
+    names = [str(root / n) for n in "abc"]
+    a = tasks.get_model(names[0])
+    tasks.get_model(names[1])
+    assert tasks.get_model(names[0]) is a  # a hit, and now the most recent
+    tasks.get_model(names[2])  # drops b, the least recently used
+    assert len(tasks._MODELS) == 2
+    assert tasks.get_model(names[0]) is a
+    tasks.get_model(names[1])  # loaded again
+    assert [c[0] for c in fake_loads.calls] == [str(Path(n).resolve()) for n in (names[0], names[1], names[2], names[1])]
+
+
+def test_load_model_with_local_off_never_reads_a_folder(monkeypatch, tmp_path):
+    from oodgen import models
+
+    seen = []
+    monkeypatch.setattr(models, "_hub_snapshot", lambda repo: seen.append(repo) or (_ for _ in ()).throw(ModelLoadError("offline")))
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ModelLoadError, match="offline"):
+        models.load_model("assets/models", local=False)  # a folder of that name exists here
+    assert seen == ["assets/models"]
