@@ -605,11 +605,35 @@ HELP = {
                 "warning under the image says when a sample looks like the model's own domain instead). **eta** adds fresh "
                 "DDIM noise while decoding (0 = deterministic; with eta > 0 the **seed** picks the noise). Batch generation "
                 "makes a named set with the same options, or draws from a Gaussian fitted to the run.",
+    "quality": "How close is a generated set to the real data it was made from? Physics-aware statistics of every image "
+               "(morphology, colours and sky for galaxies; intensity PDF, power spectra and Minkowski functionals for physical "
+               "maps), compared with the real set against a **floor**: the real set is split into halves A and B, and every "
+               "set is compared with B exactly as A is. **C2ST**: the accuracy of a classifier telling the set from real "
+               "images (0.5 = indistinguishable; compare it with the floor's, not with 0.5). **Within 2x floor**: the share "
+               "of statistics whose distance to real is at most twice the floor's. **Near-copies**: generated images "
+               "closer to one source than real images are to each other. The **crossfade** row is a trivial baseline (pixel "
+               "averages of real pairs) that a method should beat. Physical sets are read from their .npy maps.",
+    "search": "Bandwidth search (paper App. E.2.1 made quantitative): every combination of **t_end** (how deep the "
+              "inversion goes: larger = more varied, further from the sources), **eta** (fresh noise while decoding), "
+              "**pairing** (which two sources a sample mixes: random, or latent neighbours) and **noise model** (the "
+              "sensor noise added back to the decoded image) generates **K** samples from the real images, and each cell "
+              "is compared with the real set as in the Quality tab. One plot of quality against diversity, coloured by "
+              "near-copies; the best cell without copies is named. A dataset is searched with the base model above, a run "
+              "with its own model. Choose settings on data you will not report on.",
+    "rate": RATE_HELP + " Raters can use the page [/rate](rate), which shows nothing but this tab.",
+    "results": ("**MOS** is the mean expert score (1 = bad, 5 = excellent) per study, domain, method and source, with a 95% "
+                "confidence interval; generated images are as convincing as real ones to these raters when their MOS is "
+                "close to the real images' and the intervals overlap. The rater table flags inconsistency on repeated items "
+                "and straight-lining (one score for everything); the quality table puts each set's C2ST beside its floor."),
 }
 
 
 def _help(key: str) -> gr.Markdown:
-    return gr.Markdown(HELP[key], elem_id=f"help_{key}", elem_classes="oodgen-help")
+    text = HELP[key]
+    if key == "results":  # read when the page is built: the deployment's token setting
+        text = ("For the study owner: enter the admin token of this deployment. " if os.environ.get("OODGEN_ADMIN_TOKEN")
+                else "For the study owner (open to everyone here because OODGEN_ADMIN_TOKEN is not set). ") + text
+    return gr.Markdown(text, elem_id=f"help_{key}", elem_classes="oodgen-help")
 
 
 def build() -> gr.Blocks:
@@ -782,11 +806,7 @@ def build() -> gr.Blocks:
                 gen_set_colorbar = gr.Image(interactive=False, show_label=False, height=200, elem_id="gen_set_colorbar")
 
         with gr.Tab("Quality"):
-            gr.Markdown("How close is a generated set to the real data it was made from? Physics-aware statistics of every image "
-                        "(morphology, colours and sky for galaxies; intensity PDF, power spectra and Minkowski functionals for physical "
-                        "maps), compared with the real set against a **floor**: the real set is split into halves A and B, and every "
-                        "set is compared with B exactly as A is. The **crossfade** row is a trivial baseline (pixel averages of real "
-                        "pairs). Physical sets are read from their .npy maps.")
+            _help("quality")
             with gr.Row():
                 q_gen = gr.Dropdown([], label="Generated set", scale=3, elem_id="q_gen")
                 q_kind = gr.Radio(list(service.QUALITY_KINDS), value="auto", label="Statistics", elem_id="q_kind",
@@ -821,10 +841,7 @@ def build() -> gr.Blocks:
             q_file = gr.File(label="Offline HTML report (tables, figures, pictures)", elem_id="q_file")
 
         with gr.Tab("Search"):
-            gr.Markdown("Bandwidth search (paper App. E.2.1 made quantitative): every combination of t_end, eta, pairing and noise "
-                        "model generates K samples from the real images, and each cell is compared with the real set as in the Quality "
-                        "tab. One plot of quality against diversity, coloured by near-copies; the best cell is named. A dataset is "
-                        "searched with the base model above, a run with its own model.")
+            _help("search")
             s_seen = gr.State("")
             s_jobs_seen = gr.State(None)  # None: the first tick fills the source list
             with gr.Row():
@@ -851,13 +868,12 @@ def build() -> gr.Blocks:
             search_timer = gr.Timer(1.0)
 
         with gr.Tab("Rate"):
-            gr.Markdown(RATE_HELP + " Raters can use the page [/rate](rate), which shows nothing but this tab.")
+            _help("rate")
             rp = rate_panel()
             rater, study, rate_image, rate_progress, instructions = rp.rater, rp.study, rp.image, rp.progress, rp.instructions
 
         with gr.Tab("Results"):
-            gr.Markdown("For the study owner. " + ("Enter the admin token of this deployment." if os.environ.get("OODGEN_ADMIN_TOKEN")
-                                                   else "Open to everyone here because OODGEN_ADMIN_TOKEN is not set."))
+            _help("results")
             with gr.Row():
                 token = gr.Textbox(label="Admin token", type="password", visible=bool(os.environ.get("OODGEN_ADMIN_TOKEN")))
                 res_study = gr.Dropdown([""], value="", label="Study (empty: all)", elem_id="res_study")

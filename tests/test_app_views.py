@@ -82,9 +82,11 @@ def test_every_tab_has_short_help(page):
     _tab(page, "Generate")
     text = page.locator("#help_generate").inner_text()
     assert "eta" in text and "slerp" in text and "lerp" in text and "seed" in text
-    for tab, word in (("Quality", "floor"), ("Search", "Bandwidth search"), ("Rate", "Mean Opinion Score"), ("Results", "study owner")):
+    for tab, elem, words in (("Quality", "help_quality", ("C2ST", "Near-copies", "crossfade")), ("Search", "help_search", ("pairing", "eta")),
+                             ("Rate", "help_rate", ("Mean Opinion Score",)), ("Results", "help_results", ("study owner", "MOS"))):
         _tab(page, tab)
-        page.locator(f"text={word} >> visible=true").first.wait_for(timeout=10_000)
+        for word in words:
+            _wait_text(page, elem, word)
 
 
 def test_physical_maps_show_bands_units_colour_bars_and_one_band(page):
