@@ -75,7 +75,7 @@ def app_model_source(name: str) -> tuple[str, bool]:
         raise ModelLoadError(f"no model named: pick one of {', '.join(REGISTRY)}")
     if name in REGISTRY or name == DEFAULT_MODEL:  # the registry, or the default the app's owner set ($OODGEN_DEFAULT_MODEL)
         return name, True
-    if _HUB_ID.fullmatch(name) and not name.startswith("."):
+    if _HUB_ID.fullmatch(name):  # owner/name, both starting with a letter or digit (so never ".." or "~")
         if os.environ.get(ALLOW_HUB_ENV) == "1":
             return name, False
         raise ModelLoadError(f"{name!r} is not one of this app's models ({', '.join(REGISTRY)}) and loading hub ids is off here "
