@@ -68,9 +68,25 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def training_pool(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def blur_some(crops: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Gaussian-blur a seeded ``share`` of the crops [N, H, W, 3] uint8 (sigma log-uniform 0.5-4 px, per crop):
+    defocused photographs, so that the model's prior holds smooth light as well as texture."""
+    if share <= 0:
+        return crops
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed + 7919)
+    out = crops.copy()
+    for k in np.flatnonzero(rng.random(len(crops)) < share):
+        sigma = float(np.exp(rng.uniform(np.log(0.5), np.log(4.0))))
+        out[k] = np.clip(gaussian_filter(crops[k].astype(np.float32), sigma=(sigma, sigma, 0), mode="reflect").round(), 0, 255)
+    return out
+
+
+def training_pool(seed: int, blur_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(photo crops [N_CROPS, 3, 64, 64] uint8, faces [88, 3, 64, 64] uint8)."""
-    crops = torch.from_numpy(random_photo_crops(N_CROPS, RESOLUTION, seed)).permute(0, 3, 1, 2).contiguous()
+    crops = blur_some(random_photo_crops(N_CROPS, RESOLUTION, seed), blur_share, seed)
+    crops = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
     faces = lfw_faces(RESOLUTION)[:-N_HELD_OUT]
     faces = torch.from_numpy((faces * 255).round().astype(np.uint8))[:, None].repeat(1, 3, 1, 1)
     return crops, faces
@@ -101,6 +117,11 @@ def main() -> None:
                    help="continue training from a saved model folder (its unet/ weights start both the model and its EMA; "
                         "a fresh optimizer and schedule); recorded in training.json")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--blur-share", type=float, default=0.0,
+                   help="share of photo crops Gaussian-blurred (sigma log-uniform 0.5-4 px): a smoother prior")
+    p.add_argument("--low-t-share", type=float, default=0.0,
+                   help="share of each batch whose timestep is drawn from [0, 400) instead of [0, 1000): "
+                        "more training where oodgen decodes (t_end 300); the rest keeps the full range")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +135,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    crops, faces = training_pool(args.seed)
+    crops, faces = training_pool(args.seed, args.blur_share)
     ab = torch.from_numpy(linear_alphas_cumprod()).float()
     bf16 = native_bf16()
     unet, ema = UNet2DModel(**UNET_CONFIG), UNet2DModel(**UNET_CONFIG)
@@ -151,6 +172,9 @@ def main() -> None:
         x0 = batch(crops, faces, args.batch_size, gen)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (args.batch_size,), generator=gen)
+        if args.low_t_share > 0:
+            low = torch.rand(args.batch_size, generator=gen) < args.low_t_share
+            t = torch.where(low, torch.randint(0, 400, (args.batch_size,), generator=gen), t)
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -195,6 +219,7 @@ def save_model(ema, args, state, n_params, bf16, DDPMPipeline, DDPMScheduler) ->
                  minutes=round(state["seconds"] / 60, 1), parameters=n_params, torch=torch.__version__,
                  threads=torch.get_num_threads(), replanned_at_step_from_to=state.get("replanned", []),
                  init_from=str(args.init_from) if args.init_from else None,
+                 blur_share=args.blur_share, low_t_share=args.low_t_share,
                  loss_curve_every50=curve)
     (args.out / "training.json").write_text(json.dumps(stats, indent=1) + "\n")
 
