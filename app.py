@@ -5,6 +5,7 @@ UI only: every event calls a plain-value function of :mod:`oodgen.service`. Run 
 the workspace is ``$OODGEN_HOME`` (default ``./workspace``). See Spaces.md for deployment.
 """
 
+import json
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -43,7 +44,19 @@ CSS = """
 # Numbers the thumbnail clicks of this page at the click, before anything is sent, so that fast
 # clicks alternate i, j in the order they were made whatever order they reach the server in.
 DARK_JS = "() => document.body.classList.contains('dark')"
-PICK_JS = "(picker, click) => { window.oodgenPickClicks = (window.oodgenPickClicks || 0) + 1; return [picker, window.oodgenPickClicks]; }"
+# thumbnail clicks are counted as they happen, by a capturing listener (installed once per page at load): the count and
+# the indices of the last two clicks. A select event's own JavaScript runs later, asynchronously, and under load in
+# another order than the clicks, so it only reads that record (service.PairPicker decides from it).
+PICK_LOG_JS = """() => { if (window.oodgenPick) return; window.oodgenPick = {n: 0, last: []};
+  document.addEventListener('click', (e) => {
+    const item = e.target && e.target.closest ? e.target.closest('#thumbs .thumbnail-item') : null;
+    if (!item) return;
+    const m = /Thumbnail (\\d+) of/.exec(item.getAttribute('aria-label') || '');
+    const k = m ? Number(m[1]) - 1 : Array.from(document.querySelectorAll('#thumbs .thumbnail-item')).indexOf(item);
+    if (k < 0) return;
+    window.oodgenPick = {n: window.oodgenPick.n + 1, last: [...window.oodgenPick.last, k].slice(-2)};
+  }, true); }"""
+PICK_JS = "(picker, clicks) => [picker, JSON.stringify(window.oodgenPick || {n: 0, last: []})]"
 
 
 def _err(e: Exception) -> gr.Error:
@@ -220,11 +233,18 @@ def on_gen_run(owner, run_id, picker, view=None):
             v["legend"], v["colorbar"], gr.Radio(choices=v["views"], value=v["view"], visible=bool(v["views"])))
 
 
-def on_pick(picker, click, evt: gr.SelectData):
-    """Clicking a thumbnail sets sample i, the next click sample j, and so on, in click order (``click``: the page's count)."""
-    which = picker.pick(click, evt.index)
-    k = int(evt.index)
-    return (k if which == "i" else gr.skip()), (k if which == "j" else gr.skip()), picker.note()
+def on_pick(picker, clicks, evt: gr.SelectData):
+    """Clicking a thumbnail sets sample i, the next click sample j, and so on, in click order (``clicks``: the page's
+    record of its clicks, JSON {"n": count, "last": [index, index]}; without it, this click in arrival order)."""
+    try:
+        record = json.loads(clicks or "{}")
+        count, recent = int(record.get("n") or 0), [int(k) for k in record.get("last") or []]
+    except (TypeError, ValueError, AttributeError):
+        count, recent = 0, []
+    if not count or not recent:
+        count, recent = 0, [int(evt.index)]
+    slots = picker.pick(count, recent)
+    return slots.get("i", gr.skip()), slots.get("j", gr.skip()), picker.note()
 
 
 def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, view=None):
@@ -646,7 +666,7 @@ def build() -> gr.Blocks:
         diag_seen = gr.State("")
         q_seen = gr.State("")
         picker = gr.State(service.PairPicker())  # per session; mutated in place, never an output
-        pick_click = gr.Number(0, visible=False)  # carries the page's click count (set by PICK_JS) to on_pick
+        pick_click = gr.Textbox("", visible=False)  # carries the page's record of thumbnail clicks (PICK_JS) to on_pick
         dark = gr.Checkbox(False, visible=False, elem_id="dark_flag")  # the page's theme (set by DARK_JS): plots follow it
 
         gr.Markdown("# oodgen\nNew images of domains a diffusion model never saw: DDIM-invert your images with a frozen DDPM, "
@@ -911,6 +931,7 @@ def build() -> gr.Blocks:
             on_rate_resume, prefs, rp.outputs)
         loaded.then(service.resume_in_request, owner, jobs, show_progress="hidden")  # ZeroGPU: jobs a restart left queued
         demo.load(None, None, dark, js=DARK_JS)
+        demo.load(None, None, None, js=PICK_LOG_JS)
         model.change(service.model_summary, model, model_info)
         diag_outputs = [diag_summary, diag_table, umap_plot, geo_plot, radii_plot, recon, recon_mae, sweep_plot, sweep_table]
         quality_outputs = [q_summary, q_table, q_stats, q_hist, q_spectra, q_dist, q_mem, q_montage, q_nn, q_file, q_legend, q_colorbar, q_view]
@@ -943,8 +964,8 @@ def build() -> gr.Blocks:
         gen_run.change(on_gen_run, [owner, gen_run, picker, gen_view], [thumbs, i, j, pick_note, gen_legend, gen_colorbar, gen_view]).then(
             on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal").then(  # the decoded image at once
             on_decode_check, decode_inputs, decode_note, show_progress="hidden")
-        # every click counts (trigger_mode), numbered in the browser as it happens (PICK_JS); answered one at a time,
-        # so an older answer never arrives after a newer one (concurrency_limit)
+        # every click counts (trigger_mode), numbered in the browser as it happens (PICK_LOG_JS, read by PICK_JS);
+        # answered one at a time (concurrency_limit), and an event that knew of fewer clicks changes nothing
         thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
                       show_progress="hidden")
         for control in (alpha, i, j, eta, method, seed, gen_centre):

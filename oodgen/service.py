@@ -439,41 +439,50 @@ def _latents(owner: str, run_id: str) -> tuple[torch.Tensor, Any]:
 
 
 class PairPicker:
-    """Which sample a thumbnail click sets, for one page session: i, then j, then i, ... in click order.
+    """Which sample thumbnail clicks set, for one page session: i, then j, then i, ... in click order.
 
-    The page numbers its clicks (1, 2, 3, ... counted in the browser at the click), and the number
-    decides: odd clicks since the last :meth:`reset` set i, even ones j. Clicks faster than the
-    server's answers may reach it in another order; a click older than the last one applied to its
-    slot is then dropped, so each slot ends with its latest click. (A "next pick" value sent with
-    each click would be stale for the second of two quick clicks, which would both set i.) Kept in
-    the session's state on the server; a copy (a new session) starts afresh.
+    The page numbers its clicks as they happen (1, 2, 3, ... counted by a click listener in the
+    browser) and every select event sends the count and the thumbnail indices of the last two
+    clicks as they stand when the event is sent: odd clicks since the last :meth:`reset` set i, even
+    ones j. Events may be sent, and reach the server, in another order than their clicks (the page
+    runs their JavaScript asynchronously; a count taken there numbered a loaded browser's clicks out
+    of order); an event that knows of fewer clicks than one already applied changes nothing, and the
+    one sent last knows them all, so the slots end with the latest clicks. Kept in the session's
+    state on the server; a copy (a new session) starts afresh.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._base = 0  # click number of the last reset
-        self._seen = 0  # highest click number seen
+        self._base = 0  # click count at the last reset
+        self._seen = 0  # highest click count seen
         self._last = {"i": 0, "j": 0}  # click number applied to each slot
         self._index = {"i": 0, "j": 0}  # sample index applied to each slot
 
     def __deepcopy__(self, memo: dict) -> "PairPicker":
         return PairPicker()
 
-    def pick(self, click: Optional[int], index: int) -> Optional[str]:
-        """The slot ("i" or "j") that click number ``click`` (1-based) sets to ``index``; None when a later click already set it.
+    def pick(self, count: Optional[int], recent: Sequence[int]) -> dict[str, int]:
+        """The slots ("i", "j") to set, and their sample indices, when the page has counted ``count`` clicks whose
+        last ones were on thumbnails ``recent`` (oldest first; the last two matter); {} when nothing changes.
 
-        ``click`` 0 or None (a client that does not number its clicks): the next number in arrival order.
+        ``count`` 0 or None (a page that does not count its clicks): one click, the next in arrival order,
+        on ``recent[-1]``.
         """
         with self._lock:
-            click = int(click) if click else self._seen + 1
-            self._seen = max(self._seen, click)
-            if click <= self._base:
-                return None  # made before the reset (on the thumbnails of the previous run)
-            which = "i" if (click - self._base) % 2 else "j"
-            if click < self._last[which]:
-                return None
-            self._last[which], self._index[which] = click, int(index)
-            return which
+            recent = [int(k) for k in recent][-2:]
+            if not count:
+                count, recent = self._seen + 1, recent[-1:]
+            count = int(count)
+            self._seen = max(self._seen, count)
+            out = {}  # stays empty for a page that knew of fewer clicks than were already applied
+            for number, index in zip(range(count - len(recent) + 1, count + 1), recent):
+                if number <= self._base:
+                    continue  # made before the reset (on the thumbnails of the previous run)
+                which = "i" if (number - self._base) % 2 else "j"
+                if number > self._last[which]:
+                    self._last[which], self._index[which] = number, index
+                    out[which] = index
+            return out
 
     def note(self) -> str:
         """One line on what the clicks so far set and what the next one sets."""
@@ -570,13 +579,20 @@ def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int) -> l
     return [upscale(a) for a in to_uint8_rgb(imgs)]
 
 
+STRIP_K = (2, 32)  # interpolation strip lengths accepted (the app's slider spans 3-15)
+
+
+def _check_pair(n: int, i: int, j: int) -> None:
+    """Samples i and j must both index a run of ``n`` latents (a negative index is refused, not read from the end)."""
+    if not (0 <= int(i) < n and 0 <= int(j) < n):
+        raise UserError(f"samples i = {i}, j = {j}: pick two samples between 0 and {n - 1}")
+
+
 def decode_pair(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0,
                 centre: str = GenerationSettings().centre) -> np.ndarray:
     """The image decoded from Interp(x^i, x^j) at ``alpha`` (slerp about ``centre``): uint8 [H', W', 3] for display."""
     z, rec = _latents(owner, run_id)
-    n = z.shape[0]
-    if not (0 <= i < n and 0 <= j < n):
-        raise UserError(f"pick two samples between 0 and {n - 1}")
+    _check_pair(z.shape[0], i, j)
     GenerationSettings(method=method, alpha=alpha, eta=eta, centre=centre)  # validates
     zi = interpolate(z[i : i + 1], z[j : j + 1], alpha, method, interpolation_centre(z, centre))
     return _decode(get_model(rec.meta["model"]), rec, zi, eta, seed)[0]
@@ -586,6 +602,10 @@ def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: st
                  centre: str = GenerationSettings().centre) -> list[tuple[np.ndarray, str]]:
     """k images along the interpolation path from sample i to sample j (slerp about ``centre``), captioned with alpha."""
     z, rec = _latents(owner, run_id)
+    _check_pair(z.shape[0], i, j)
+    if not STRIP_K[0] <= int(k) <= STRIP_K[1]:  # refused, never clamped
+        raise UserError(f"strip length k = {k}: pick between {STRIP_K[0]} and {STRIP_K[1]} images")
+    GenerationSettings(method=method, centre=centre)  # validates
     path = interpolation_strip(z[i], z[j], k, method, interpolation_centre(z, centre))
     imgs = _decode(get_model(rec.meta["model"]), rec, path, 0.0, 0)
     return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, np.linspace(0, 1, k))]

@@ -206,6 +206,7 @@ def test_fast_thumbnail_clicks_alternate_i_and_j(page):
         except Exception:  # noqa: BLE001 - say what the page shows instead
             pass
         page.wait_for_timeout(1000)  # and no late answer overwrites them
+        assert page.evaluate("() => window.oodgenPick.last") == clicks[-2:]  # the page's record of its clicks, in click order
         assert page.evaluate(values) == expected, page.locator("#pick_note").inner_text()
         assert page.locator("#pick_note").inner_text() == f"Sample j = {clicks[-1]}."
 

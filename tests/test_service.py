@@ -67,34 +67,45 @@ def test_picking_nothing_gives_a_clear_message(backend):
 
 
 def test_thumbnail_picks_alternate_i_and_j_in_click_order():
+    """Each event carries the page's click count and its last two clicks, taken when the event is sent."""
     import copy
     import threading
 
     picker = service.PairPicker()
     assert picker.note().startswith("Click a thumbnail for sample i")
-    assert [picker.pick(n, k) for n, k in ((1, 7), (2, 30), (3, 12))] == ["i", "j", "i"]
+    assert [picker.pick(1, [7]), picker.pick(2, [7, 30]), picker.pick(3, [30, 12])] == [{"i": 7}, {"j": 30}, {"i": 12}]
     assert picker.note() == "Sample i = 12; click another thumbnail for j."
-    # clicks 4 (j = 44), 5 (i = 3) and 6 (j = 60) reach the server as 6, 5, 4: the stale one changes nothing
-    assert [picker.pick(6, 60), picker.pick(5, 3), picker.pick(4, 44)] == ["j", "i", None]
+    # three more clicks (j = 44, i = 3, j = 60): the first event sent knew of all of them, the later two of fewer
+    assert picker.pick(6, [3, 60]) == {"i": 3, "j": 60}
+    assert picker.pick(5, [44, 3]) == {} and picker.pick(4, [12, 44]) == {}  # stale records change nothing
     assert picker.note() == "Sample j = 60."
-    assert copy.deepcopy(picker).pick(1, 5) == "i"  # a new page session starts afresh
+    # the failure under load: six quick clicks on 8..13 whose events sent their counts out of order (an earlier fix
+    # numbered each event when its own JavaScript ran, so clicks 10 and 11 got the last numbers and won)
+    burst = service.PairPicker()
+    clicks = [8, 9, 10, 11, 12, 13]
+    records = [(n, clicks[max(0, n - 2):n]) for n in range(1, 7)]
+    for n, last in (records[0], records[1], records[4], records[5], records[2], records[3]):
+        burst.pick(n, last)
+    assert burst.note() == "Sample j = 13." and burst.pick(6, [12, 13]) == {}  # i = 12 and j = 13 were set
+    assert copy.deepcopy(picker).pick(1, [5]) == {"i": 5}  # a new page session starts afresh
     picker.reset()  # another run: the next click sets i again
-    assert picker.pick(5, 9) is None and [picker.pick(7, 1), picker.pick(8, 2)] == ["i", "j"]  # 5 was before the reset
-    assert [picker.pick(None, 4), picker.pick(0, 5)] == ["i", "j"]  # unnumbered clicks: in arrival order
+    assert picker.pick(5, [44, 3]) == {} and picker.pick(7, [9, 1]) == {"i": 1}  # clicks up to 6 were before the reset
+    assert picker.pick(8, [1, 2]) == {"j": 2}
+    assert [picker.pick(None, [4]), picker.pick(0, [5])] == [{"i": 4}, {"j": 5}]  # a page that counts nothing: arrival order
 
-    fresh, seen, start = service.PairPicker(), [], threading.Barrier(16)
+    fresh, start = service.PairPicker(), threading.Barrier(16)
 
     def click(n):
         start.wait()
-        seen.append((n, fresh.pick(n, n)))
+        fresh.pick(n, [n - 1, n] if n > 1 else [n])
 
     threads = [threading.Thread(target=click, args=(n,)) for n in range(1, 17)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert all(which in (None, "i" if n % 2 else "j") for n, which in seen)  # parity decides, whatever the order
-    assert fresh.note() == "Sample j = 16."
+    assert fresh.note() == "Sample j = 16." and fresh.pick(16, [15, 16]) == {}  # whatever the order: i = 15, j = 16
+    assert fresh.pick(17, [16, 3]) == {"i": 3}
 
 
 def test_results_table_clips_the_interval_to_the_scale(backend):
@@ -292,6 +303,37 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
     assert about_cloud.shape == about_origin.shape and not np.array_equal(about_cloud, about_origin)
     assert np.array_equal(service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="cloud"),
                           service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="origin"))  # lerp has no centre
+    # out-of-range numbers are refused with the range, never clamped or read from the end of the run
+    rec_n = len(z)
+    for bad in ((-1, 2), (0, rec_n), (rec_n + 5, 1)):
+        with pytest.raises(service.UserError, match=f"between 0 and {rec_n - 1}"):
+            service.decode_pair(owner, inv.result, *bad, 0.5)
+        with pytest.raises(service.UserError, match=f"between 0 and {rec_n - 1}"):
+            service.decode_strip(owner, inv.result, *bad, 5)
+    for k in (0, 1, 1000):
+        with pytest.raises(service.UserError, match="strip length k"):
+            service.decode_strip(owner, inv.result, 0, 1, k)
+    with pytest.raises(ValueError, match="alpha"):
+        service.decode_pair(owner, inv.result, 0, 1, 1.5)
+    assert len(service.decode_strip(owner, inv.result, 0, 1, 3)) == 3
+
+    # the download zip: the set's files, in a scratch folder that a later download removes once it is stale
+    import os
+    import time
+    import zipfile
+
+    from oodgen import scratch
+
+    first = service.download_generated(owner, rec.id)
+    with zipfile.ZipFile(first) as zf:
+        names = zf.namelist()
+    assert f"{rec.id}/{tasks.LATENTS}" in names and sum(n.endswith(".png") for n in names) == 16
+    folder = os.path.dirname(first)
+    assert os.path.dirname(folder) == str(scratch._root()) and os.path.basename(folder).startswith("dl-")
+    stale = time.time() - scratch.KEEP_S - 60
+    os.utime(folder, (stale, stale))  # Gradio copied the zip long ago
+    second = service.download_generated(owner, rec.id)
+    assert not os.path.exists(folder) and os.path.isfile(second) and os.path.dirname(second) != folder
 
 
 def test_batch_generation_label_names_the_options_that_apply():

@@ -1,0 +1,44 @@
+"""Experiment 5: a candidate base model against the bundled one, at the default generation settings (tuning data only).
+
+usage: candidate.py SET TAG STEPS N MODEL [MODEL ...]   (run from the repository root; reads runs/tune/SET)
+
+Each MODEL (a registry name or a saved model folder) inverts the same real set with t_end and batch
+as DDIMSettings() (``STEPS`` DDIM steps), generates N samples with GenerationSettings() (the defaults,
+noise model included) and is evaluated against the real set beside the pixel crossfade; the summary,
+the montage and the JSON go to runs/<TAG>.{png,json} (scripts/tuning/common.py).
+"""
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, ".")
+sys.path.insert(0, "scripts/tuning")
+from common import evaluate_and_save  # noqa: E402
+
+from oodgen import engine, evaluation as ev  # noqa: E402
+from oodgen.config import DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.data import to_model_input  # noqa: E402
+from oodgen.models import load_model  # noqa: E402
+from oodgen.sampling import noise_targets  # noqa: E402
+
+setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+real = ev.load_set(f"runs/tune/{setname}")
+d = replace(DDIMSettings(), steps=steps, batch_size=16)
+g = GenerationSettings()
+print(f"{setname}: {len(real.samples)} real; {d}; {g}", flush=True)
+gens = []
+t0 = time.time()
+for ref in sys.argv[5:]:
+    model = load_model(ref, device="cpu", dtype="float32")
+    x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
+    target, sky = noise_targets(x)
+    z = engine.invert(model, x, d)
+    out = engine.generate(model, z, n, d, g, source_noise=target.tolist(), source_sky=sky.tolist())
+    label = f"{Path(ref).parent.name if Path(ref).name == 'model' else Path(ref).name} {setname}"
+    gens.append(ev.model_output_set(out.images, real, stretch, label))
+    print(f"{label}: inverted and generated, {time.time() - t0:.0f} s", flush=True)
+torch.save({s.name: torch.from_numpy(s.x) for s in gens}, f"runs/{tag}_sets.pt")
+evaluate_and_save(gens, real, tag)
