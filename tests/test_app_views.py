@@ -208,3 +208,54 @@ def test_diagnostics_tables_whole_recon_mae_and_plots_in_the_theme(page, browser
         assert font != light and bg in ("rgba(0, 0, 0, 0)", "rgba(0,0,0,0)"), (font, light, bg)
     finally:
         ctx.close()
+
+
+def test_quality_of_physical_maps_shows_bands_units_a_colour_bar_and_one_band(page):
+    _tab(page, "Quality")
+    _choose(page, "q_gen", "dust set")
+    _wait_text(page, "q_summary", "Not evaluated yet", 60_000)
+    page.locator("#q_kind").get_by_label("physical", exact=True).check()
+    _number(page, "q_boot", 20)
+    page.locator("#q_btn").click()
+    page.locator("#jobs .oodgen-job[data-status=done]").get_by_text("quality of 'dust set'").wait_for(timeout=400_000)
+    for word in ("R = SPIRE 250", "G = MIPS 24", "B = IRAC 4.5", "MJy/sr"):
+        _wait_text(page, "q_legend", word, 60_000)
+    page.locator("#q_colorbar").scroll_into_view_if_needed()
+    bar = _image_loaded(page, "q_colorbar")
+    page.locator("#q_montage").scroll_into_view_if_needed()  # images load lazily
+    montage = _image_loaded(page, "q_montage")
+    assert not page.evaluate(GREY_JS, "q_montage")  # the composite, in colour
+    page.locator("#q_view").get_by_label("band: MIPS 24", exact=True).check()
+    _wait_text(page, "q_legend", "MIPS 24 alone", 60_000)
+    _image_loaded(page, "q_montage", montage)
+    assert page.evaluate(GREY_JS, "q_montage")  # real | generated | crossfade of one band, in grey
+    assert _image_loaded(page, "q_colorbar", bar) != bar  # that band's own colour bar
+    _shot(page, "quality_physical_band")
+    page.locator("#q_view").get_by_label("composite", exact=True).check()
+    _wait_text(page, "q_legend", "Composite", 60_000)
+
+
+def test_generate_and_diagnostics_follow_each_dataset_chosen_in_the_data_tab(page):
+    _tab(page, "Data")
+    _choose(page, "dataset", "bundled: galaxy")
+    _wait_text(page, "data_report", "Loaded 100 samples", 60_000)
+    _tab(page, "Invert")
+    _number(page, "steps", 5)
+    _fill(page, "run_name", "galaxy views")
+    page.locator("#invert_btn").click()
+    page.locator("#jobs .oodgen-job[data-status=done]").filter(has_text="as run 'galaxy views'").wait_for(timeout=400_000)
+    value = "([id, run]) => (document.querySelector(`#${id} input`) || {}).value?.includes(run)"
+    for k, (dataset, run) in enumerate((("bundled: radiation", RUN), ("bundled: galaxy", "galaxy views"), ("bundled: radiation", RUN))):
+        _tab(page, "Data")
+        _choose(page, "dataset", dataset)
+        for elem in ("gen_run", "diag_run"):  # each tab on the newest run of the chosen dataset
+            page.wait_for_function(value, arg=[elem, run], timeout=60_000)
+        _tab(page, "Generate")
+        if k:  # another run than before: its thumbnails, and the next click sets i
+            _wait_text(page, "pick_note", "Click a thumbnail for sample i", 60_000)
+            page.locator("#thumbs img").nth(30).wait_for(timeout=60_000)
+        legend = "MJy/sr" if run == RUN else ""
+        if legend:
+            _wait_text(page, "gen_legend", legend, 60_000)
+        else:  # an image run: no band legend
+            page.wait_for_function("() => !(document.getElementById('gen_legend') || {}).innerText?.includes('MJy/sr')", timeout=60_000)
