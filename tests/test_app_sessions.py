@@ -51,6 +51,21 @@ def _page(browser, url):
     return pg
 
 
+def _reload_after_restart(page) -> None:
+    """Reload a page whose server was restarted. Gradio's page reloads itself once it reconnects (it polls every 2 s
+    after losing the connection), which aborts a reload made at the same moment (net::ERR_ABORTED, frame detached;
+    a fresh-clone run beside other work failed on it): then reload again."""
+    from playwright.sync_api import Error
+
+    for attempt in range(5):
+        try:
+            page.reload()
+            return
+        except Error as e:
+            if attempt == 4 or not ("ERR_ABORTED" in str(e) or "detached" in str(e)):
+                raise
+
+
 def _upload(page, name: str, n: int) -> None:
     """Save the first ``n`` bundled faces as a new dataset ``name`` through the Data tab."""
     _tab(page, "Data")
@@ -92,7 +107,7 @@ def test_restart_then_reload_shows_the_same_datasets_and_rater(app_server, brows
     page.locator("#rate_progress").get_by_text(f"2 / {N_ITEMS}").wait_for(timeout=30_000)
 
     app_server.restart()  # a new process: before the fix it had a new random secret and could not read the browser's key
-    page.reload()
+    _reload_after_restart(page)
     page.locator("#model_info").get_by_text("oodgen-faces-32").wait_for(timeout=60_000)
     _tab(page, "Rate")
     page.wait_for_function("() => document.querySelector('#rater input, #rater textarea')?.value === 'Dr Restart'", timeout=30_000)

@@ -5,7 +5,8 @@ usage: candidate.py SET TAG STEPS N MODEL [MODEL ...]   (run from the repository
 Each MODEL (a registry name or a saved model folder) inverts the same real set with t_end and batch
 as DDIMSettings() (``STEPS`` DDIM steps), generates N samples with GenerationSettings() (the defaults,
 noise model included) and is evaluated against the real set beside the pixel crossfade; the summary,
-the montage and the JSON go to runs/<TAG>.{png,json} (scripts/tuning/common.py).
+the montage and the JSON go to runs/<TAG>.{png,json} (scripts/tuning/common.py). Each model's generated images
+are cached in runs/cand_*.pt; with one MODEL the script only makes that cache (nothing is evaluated).
 """
 import sys
 import time
@@ -32,13 +33,18 @@ print(f"{setname}: {len(real.samples)} real; {d}; {g}", flush=True)
 gens = []
 t0 = time.time()
 for ref in sys.argv[5:]:
+    label = f"{Path(ref).parent.name if Path(ref).name == 'model' else Path(ref).name} {setname}"
+    cache = Path(f"runs/cand_{label.replace(' ', '_')}_{steps}_{n}.pt")  # images in [-1, 1]: a model run once serves many comparisons
     model = load_model(ref, device="cpu", dtype="float32")
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
-    target, sky = noise_targets(x)
-    z = engine.invert(model, x, d)
-    out = engine.generate(model, z, n, d, g, source_noise=target.tolist(), source_sky=sky.tolist())
-    label = f"{Path(ref).parent.name if Path(ref).name == 'model' else Path(ref).name} {setname}"
-    gens.append(ev.model_output_set(out.images, real, stretch, label))
+    if cache.exists():
+        images = torch.load(cache)
+    else:
+        target, sky = noise_targets(x)
+        z = engine.invert(model, x, d)
+        images = engine.generate(model, z, n, d, g, source_noise=target.tolist(), source_sky=sky.tolist()).images
+        torch.save(images, cache)
+    gens.append(ev.model_output_set(images, real, stretch, label))
     print(f"{label}: inverted and generated, {time.time() - t0:.0f} s", flush=True)
-torch.save({s.name: torch.from_numpy(s.x) for s in gens}, f"runs/{tag}_sets.pt")
-evaluate_and_save(gens, real, tag)
+if len(sys.argv) > 6 or not sys.argv[5:]:
+    evaluate_and_save(gens, real, tag)
