@@ -66,6 +66,8 @@ REGISTRY: dict[str, ModelSpec] = {
     for s in (
         ModelSpec("oodgen-photos-64", str(ASSETS / "models" / "oodgen-photos-64"), 64,
                   "bundled 64x64 colour DDPM trained by oodgen on natural photographs and faces (offline, CPU)", bundled=True),
+        ModelSpec("oodgen-photos-64-smooth", str(ASSETS / "models" / "oodgen-photos-64-smooth"), 64,
+                  "bundled candidate: oodgen-photos-64 trained longer on partly blurred crops, more low-t steps (closer dust maps)", bundled=True),
         ModelSpec("oodgen-faces-32", str(ASSETS / "models" / "oodgen-faces-32"), 32,
                   "bundled 32x32 DDPM trained by oodgen on grey LFW face crops (the first default; fast)", bundled=True),
         ModelSpec("google/ddpm-ema-church-256", "google/ddpm-ema-church-256", 256, "DDPM, LSUN church 256x256 (Ho et al.), 114M params"),
