@@ -1,6 +1,6 @@
 """Experiment 5: a candidate base model against the bundled one, at the default generation settings (tuning data only).
 
-usage: candidate.py SET TAG STEPS N MODEL [MODEL ...]   (run from the repository root; reads runs/tune/SET)
+usage: candidate.py SET TAG STEPS N MODEL [MODEL ...]   (run from the repository root; reads runs/tune/SET, or SET when it is a folder)
 
 Each MODEL (a registry name or a saved model folder) inverts the same real set with t_end and batch
 as DDIMSettings() (``STEPS`` DDIM steps), generates N samples with GenerationSettings() (the defaults,
@@ -26,7 +26,9 @@ from oodgen.models import load_model  # noqa: E402
 from oodgen.sampling import noise_targets  # noqa: E402
 
 setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-real = ev.load_set(f"runs/tune/{setname}")
+root = Path(setname) if Path(setname).is_dir() else Path(f"runs/tune/{setname}")  # a folder (the held-out check: assets/samples/SET)
+setname = root.name
+real = ev.load_set(root)
 d = replace(DDIMSettings(), steps=steps, batch_size=16)
 g = GenerationSettings()
 print(f"{setname}: {len(real.samples)} real; {d}; {g}", flush=True)
