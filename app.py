@@ -41,8 +41,6 @@ CSS = """
 """
 
 
-# Numbers the thumbnail clicks of this page at the click, before anything is sent, so that fast
-# clicks alternate i, j in the order they were made whatever order they reach the server in.
 DARK_JS = "() => document.body.classList.contains('dark')"
 # thumbnail clicks are counted as they happen, by a capturing listener (installed once per page at load): the count and
 # the indices of the last two clicks. A select event's own JavaScript runs later, asynchronously, and under load in

@@ -48,5 +48,5 @@ for ref in sys.argv[5:]:
         torch.save(images, cache)
     gens.append(ev.model_output_set(images, real, stretch, label))
     print(f"{label}: inverted and generated, {time.time() - t0:.0f} s", flush=True)
-if len(sys.argv) > 6 or not sys.argv[5:]:
+if len(gens) > 1:
     evaluate_and_save(gens, real, tag)
