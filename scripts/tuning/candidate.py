@@ -17,36 +17,29 @@ import torch
 
 sys.path.insert(0, ".")
 sys.path.insert(0, "scripts/tuning")
-from common import evaluate_and_save  # noqa: E402
+from common import evaluate_and_save, invert_set  # noqa: E402
 
 from oodgen import engine, evaluation as ev  # noqa: E402
 from oodgen.config import DDIMSettings, GenerationSettings  # noqa: E402
-from oodgen.data import to_model_input  # noqa: E402
-from oodgen.models import load_model  # noqa: E402
-from oodgen.sampling import noise_targets  # noqa: E402
 
 setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-root = Path(setname) if Path(setname).is_dir() else Path(f"runs/tune/{setname}")  # a folder (the held-out check: assets/samples/SET)
-setname = root.name
-real = ev.load_set(root)
-d = replace(DDIMSettings(), steps=steps, batch_size=16)
 g = GenerationSettings()
-print(f"{setname}: {len(real.samples)} real; {d}; {g}", flush=True)
+print(f"{setname}: {replace(DDIMSettings(), steps=steps, batch_size=16)}; {g}", flush=True)
 gens = []
 t0 = time.time()
 for ref in sys.argv[5:]:
-    label = f"{Path(ref).parent.name if Path(ref).name == 'model' else Path(ref).name} {setname}"
-    cache = Path(f"runs/cand_{label.replace(' ', '_')}_{steps}_{n}.pt")  # images in [-1, 1]: a model run once serves many comparisons
-    model = load_model(ref, device="cpu", dtype="float32")
-    x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
+    name = Path(ref).parent.name if Path(ref).name == "model" else Path(ref).name
+    where = "heldout_" if Path(setname).is_dir() else ""  # a folder (assets/samples/SET) or the tuning set runs/tune/SET
+    label = f"{name} {Path(setname).name}"
+    cache = Path(f"runs/cand_{name}_{where}{Path(setname).name}_{steps}_{n}.pt")  # images in [-1, 1]: a model run once serves many comparisons
+    inv = invert_set(setname, steps, ref, invert=not cache.exists())
+    real = inv.real
     if cache.exists():
         images = torch.load(cache)
     else:
-        target, sky = noise_targets(x)
-        z = engine.invert(model, x, d)
-        images = engine.generate(model, z, n, d, g, source_noise=target.tolist(), source_sky=sky.tolist()).images
+        images = engine.generate(inv.model, inv.z, n, inv.ddim, g, source_noise=inv.target.tolist(), source_sky=inv.sky.tolist()).images
         torch.save(images, cache)
-    gens.append(ev.model_output_set(images, real, stretch, label))
+    gens.append(ev.model_output_set(images, real, inv.stretch, label))
     print(f"{label}: inverted and generated, {time.time() - t0:.0f} s", flush=True)
 if len(gens) > 1:
     evaluate_and_save(gens, real, tag)

@@ -10,29 +10,21 @@ the same inversion.
 """
 import sys
 import time
-from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, ".")
 sys.path.insert(0, "scripts/tuning")
-from common import evaluate_and_save  # noqa: E402
+from common import evaluate_and_save, invert_set  # noqa: E402
 
 from oodgen import engine, evaluation as ev  # noqa: E402
-from oodgen.config import DDIMSettings, GenerationSettings  # noqa: E402
-from oodgen.data import to_model_input  # noqa: E402
-from oodgen.models import load_model  # noqa: E402
-from oodgen.sampling import match_noise, noise_targets  # noqa: E402
+from oodgen.config import GenerationSettings  # noqa: E402
+from oodgen.sampling import match_noise  # noqa: E402
 
 setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-real = ev.load_set(f"runs/tune/{setname}")
-model = load_model("oodgen-photos-64", device="cpu", dtype="float32")
-d = replace(DDIMSettings(), steps=steps, batch_size=16)
-x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
-target, sky = noise_targets(x)
 t0 = time.time()
-z = engine.invert(model, x, d)
-print(f"inverted {time.time() - t0:.0f} s", flush=True)
+inv = invert_set(setname, steps)
+z, model, d, real, stretch, target, sky = inv.z, inv.model, inv.ddim, inv.real, inv.stretch, inv.target, inv.sky
 g = torch.Generator().manual_seed(5)
 mu = z.mean(0)
 dev = (z - mu).reshape(len(z), -1)
