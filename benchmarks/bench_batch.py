@@ -1,6 +1,6 @@
 """UNet forward throughput per batch size and precision: decides oodgen's CPU batch size and reduced precision.
 
-    python benchmarks/bench_batch.py [--model oodgen-photos-64] [--batches 4 8 16 32 64] [--repeats 3]
+    python benchmarks/bench_batch.py [--model oodgen-photos-64-smooth] [--batches 4 8 16 32 64] [--repeats 3]
 
 For each batch size, three variants of one eps forward of the same weights, interleaved so that a
 disturbance hits all of them alike (best of --repeats, after one warm-up each):
@@ -29,7 +29,7 @@ from oodgen.models import load_model, native_bf16  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="oodgen-photos-64")
+    p.add_argument("--model", default="oodgen-photos-64-smooth")
     p.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["float32", "bfloat16", "autocast"], choices=["float32", "bfloat16", "autocast"])

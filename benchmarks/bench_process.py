@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "assets" / "models" / "oodgen-photos-64"
+MODEL = REPO / "assets" / "models" / "oodgen-photos-64-smooth"
 GALAXIES = REPO / "assets" / "samples" / "galaxy"
 
 

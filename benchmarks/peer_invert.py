@@ -1,6 +1,6 @@
 """The peers oodgen's inversion is measured against: the DDIM inversion a diffusers user writes without oodgen.
 
-    python benchmarks/peer_invert.py --model assets/models/oodgen-photos-64 --input assets/samples/galaxy --steps 50 --batch 16
+    python benchmarks/peer_invert.py --model assets/models/oodgen-photos-64-smooth --input assets/samples/galaxy --steps 50 --batch 16
     python benchmarks/peer_invert.py ... --batch 1           # the plain per-image loop
 
 Deliberately self-contained (torch, diffusers, numpy and Pillow only; no oodgen import), so that it is

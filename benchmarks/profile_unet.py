@@ -1,6 +1,6 @@
 """Where one UNet forward spends its time, by kind of operator, against the measured matrix-product peak.
 
-    python benchmarks/profile_unet.py [--model oodgen-photos-64] [--dtype auto] [--batch 0] [--repeats 3]
+    python benchmarks/profile_unet.py [--model oodgen-photos-64-smooth] [--dtype auto] [--batch 0] [--repeats 3]
 
 Runs ``FrozenDDPM.eps`` as oodgen does (``--dtype auto``, channels_last on CPU, ``--batch`` 0 = the measured
 CPU batch) under torch.profiler and prints the self time of each operator class (convolutions, group norms,
@@ -46,7 +46,7 @@ def op_class(name: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="oodgen-photos-64")
+    p.add_argument("--model", default="oodgen-photos-64-smooth")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch", type=int, default=0, help="0: the CPU batch oodgen measures and caches")
     p.add_argument("--repeats", type=int, default=3)

@@ -58,16 +58,17 @@ class ModelSpec:
     bundled: bool = False  # ships with oodgen (works offline)
 
 
-# The bundled 64x64 colour model; OODGEN_DEFAULT_MODEL names another (the browser tests use the fast
+# The bundled 64x64 colour model with the smoother prior (closer dust maps on the tuning data, two training
+# seeds; README "Sample quality"); OODGEN_DEFAULT_MODEL names another (the browser tests use the fast
 # oodgen-faces-32: they exercise the app's flows, tests/test_models.py and test_cli.py the default model).
-DEFAULT_MODEL = os.environ.get("OODGEN_DEFAULT_MODEL") or "oodgen-photos-64"
+DEFAULT_MODEL = os.environ.get("OODGEN_DEFAULT_MODEL") or "oodgen-photos-64-smooth"
 REGISTRY: dict[str, ModelSpec] = {
     s.key: s
     for s in (
-        ModelSpec("oodgen-photos-64", str(ASSETS / "models" / "oodgen-photos-64"), 64,
-                  "bundled 64x64 colour DDPM trained by oodgen on natural photographs and faces (offline, CPU)", bundled=True),
         ModelSpec("oodgen-photos-64-smooth", str(ASSETS / "models" / "oodgen-photos-64-smooth"), 64,
-                  "bundled candidate: oodgen-photos-64 trained longer on partly blurred crops, more low-t steps (closer dust maps)", bundled=True),
+                  "bundled default: oodgen-photos-64 trained longer on partly blurred crops, more low-t steps (closer dust maps)", bundled=True),
+        ModelSpec("oodgen-photos-64", str(ASSETS / "models" / "oodgen-photos-64"), 64,
+                  "bundled 64x64 colour DDPM trained by oodgen on natural photographs and faces (the previous default)", bundled=True),
         ModelSpec("oodgen-faces-32", str(ASSETS / "models" / "oodgen-faces-32"), 32,
                   "bundled 32x32 DDPM trained by oodgen on grey LFW face crops (the first default; fast)", bundled=True),
         ModelSpec("google/ddpm-ema-church-256", "google/ddpm-ema-church-256", 256, "DDPM, LSUN church 256x256 (Ho et al.), 114M params"),

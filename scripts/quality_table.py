@@ -6,10 +6,9 @@
 ``search`` makes a tuning set with ``make_samples.py --seed 1`` (120 GalSim galaxies, no Hubble
 cutouts, 120 dust maps: none of them in ``assets/samples``) and runs ``python -m oodgen search`` on
 it; the defaults in ``GenerationSettings``/``DDIMSettings`` are chosen from those results. ``report``
-runs ``invert`` + ``generate`` with the original default (oodgen-faces-32, t_end 900, random pairs),
-the previous default (oodgen-photos-64, t_end 500, nearest pairs, slerp about the origin) and the
-current defaults on the bundled galaxy and radiation sets, then ``evaluate`` with the other two sets as
-baselines. Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
+runs ``invert`` + ``generate`` for each row of ``ROWS`` (the current defaults, the previous default
+model at today's settings, the original default oodgen-faces-32 at t_end 900) on the bundled galaxy and
+radiation sets, then ``evaluate`` with the other rows as baselines (finished rows are reused). Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
 ``docs/results/quality_<set>.png`` (montage); the HTML pages go to ``out/`` (not committed).
 """
 
@@ -42,22 +41,35 @@ def search(extra: list[str]) -> None:
         oodgen("search", "--input", str(TUNE / s), "--json", str(RESULTS / f"search_{s}.json"), "--html", str(OUT / f"search_{s}.html"), *extra)
 
 
+# The report's generated rows: (label, model, invert options, generate options). "new default" is whatever
+# the defaults are (DEFAULT_MODEL, DDIMSettings, GenerationSettings); the others pin what they were.
+ROWS = (
+    ("new default", None, [], []),
+    ("previous default", "oodgen-photos-64", [], []),  # the bundled 64x64 model before oodgen-photos-64-smooth, today's settings
+    ("old default", "oodgen-faces-32", ["--t-end", "900"], ["--pairing", "random", "--eta", "0", "--noise", "none", "--centre", "origin"]),
+)
+
+
 def report(extra: list[str]) -> None:
+    """Invert + generate every row of ROWS on both bundled sets, then evaluate them against the real set.
+
+    A row whose latent file and generated set (generated.json) exist is reused, so a stopped report
+    resumes where it stopped; delete out/quality to redo everything. ``extra`` goes to every invert."""
     OUT.mkdir(parents=True, exist_ok=True)
     for s in SETS:
         src = ROOT / "assets" / "samples" / s
         n = "100" if s == "galaxy" else "64"
-        oodgen("invert", "--input", str(src), "--out", str(OUT / f"old_{s}.safetensors"), "--model", "oodgen-faces-32", "--t-end", "900")
-        oodgen("generate", "--latents", str(OUT / f"old_{s}.safetensors"), "--n", n, "--out", str(OUT / f"old default {s}"), "--pairing", "random", "--eta", "0", "--noise", "none", "--centre", "origin")
-        oodgen("invert", "--input", str(src), "--out", str(OUT / f"prev_{s}.safetensors"), "--t-end", "500")
-        oodgen("generate", "--latents", str(OUT / f"prev_{s}.safetensors"), "--n", n, "--out", str(OUT / f"previous default {s}"),
-               "--pairing", "nearest", "--eta", "0", "--noise", "match", "--centre", "origin")
-        oodgen("invert", "--input", str(src), "--out", str(OUT / f"new_{s}.safetensors"), *extra)
-        oodgen("generate", "--latents", str(OUT / f"new_{s}.safetensors"), "--n", n, "--out", str(OUT / f"new default {s}"))
-        oodgen("evaluate", "--generated", str(OUT / f"new default {s}"), "--baseline", str(OUT / f"previous default {s}"),
-               str(OUT / f"old default {s}"), "--real", str(src),
+        folders = []
+        for label, model, inv, gen in ROWS:
+            lat, folder = OUT / f"{label.replace(' ', '_')}_{s}.safetensors", OUT / f"{label} {s}"
+            folders.append(str(folder))
+            if lat.exists() and (folder / "generated.json").exists():
+                print(f"reusing {folder}", flush=True)
+                continue
+            oodgen("invert", "--input", str(src), "--out", str(lat), *(["--model", model] if model else []), *inv, *extra)
+            oodgen("generate", "--latents", str(lat), "--n", n, "--out", str(folder), *gen)
+        oodgen("evaluate", "--generated", folders[0], "--baseline", *folders[1:], "--real", str(src),
                "--json", str(RESULTS / f"quality_{s}.json"), "--html", str(OUT / f"quality_{s}.html"), "--montage", str(RESULTS / f"quality_{s}.png"))
-
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in ("search", "report"):

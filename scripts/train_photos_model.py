@@ -240,7 +240,7 @@ def write_card(out: Path) -> None:
     save_grid(torch.cat([crops[:28], faces[:4]]).float() / 127.5 - 1, out / "training_data.png")
     _loss_plot(stats["loss_curve_every50"], out / "training_curve.png")
     size_mb = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size / 1e6
-    card = f"""# oodgen-photos-64: oodgen's default base model
+    card = f"""# {out.parent.name if out.name == "model" else out.name}: a base model trained by oodgen
 
 A small unconditional DDPM (diffusers `UNet2DModel`, {stats["parameters"] / 1e6:.2f}M parameters, {size_mb:.1f} MB,
 64x64 RGB) trained by `scripts/train_photos_model.py` so that oodgen works offline at the native

@@ -148,9 +148,9 @@ def test_bundled_model_loads():
     m = load_model(device="cpu")
     assert m.resolution == 64 and m.channels == 3  # the native resolution of the bundled galaxy and dust sets
     assert m.num_parameters < 40e6 / 4  # weights at most 40 MB in float32
-    smooth = load_model("oodgen-photos-64-smooth", device="cpu")  # the bundled candidate: same architecture, other weights
-    assert (smooth.resolution, smooth.channels, smooth.num_parameters) == (64, 3, m.num_parameters)
-    assert not torch.equal(next(smooth.unet.parameters()), next(m.unet.parameters()))
+    prev = load_model("oodgen-photos-64", device="cpu")  # the previous default: same architecture, other weights, still by name
+    assert (prev.resolution, prev.channels, prev.num_parameters) == (64, 3, m.num_parameters)
+    assert not torch.equal(next(prev.unet.parameters()), next(m.unet.parameters()))
     old = load_model("oodgen-faces-32", device="cpu")  # the first default stays available by name
     assert old.resolution == 32 and old.num_parameters < 10e6 / 4
     info = m.info()
