@@ -8,7 +8,8 @@ cutouts, 120 dust maps: none of them in ``assets/samples``) and runs ``python -m
 it; the defaults in ``GenerationSettings``/``DDIMSettings`` are chosen from those results. ``report``
 runs ``invert`` + ``generate`` for each row of ``ROWS`` (the current defaults, the previous default
 model at today's settings, the original default oodgen-faces-32 at t_end 900) on the bundled galaxy and
-radiation sets, then ``evaluate`` with the other rows as baselines (finished rows are reused). Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
+radiation sets, then ``evaluate`` with the other rows as baselines (finished rows are reused).
+Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
 ``docs/results/quality_<set>.png`` (montage); the HTML pages go to ``out/`` (not committed).
 """
 
