@@ -72,6 +72,7 @@ def report(extra: list[str]) -> None:
         oodgen("evaluate", "--generated", folders[0], "--baseline", *folders[1:], "--real", str(src),
                "--json", str(RESULTS / f"quality_{s}.json"), "--html", str(OUT / f"quality_{s}.html"), "--montage", str(RESULTS / f"quality_{s}.png"))
 
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in ("search", "report"):
         sys.exit(__doc__)

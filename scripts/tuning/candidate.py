@@ -27,9 +27,9 @@ g = GenerationSettings()
 print(f"{setname}: {replace(DDIMSettings(), steps=steps, batch_size=16)}; {g}", flush=True)
 gens = []
 t0 = time.time()
+where = "heldout_" if Path(setname).is_dir() else ""  # a folder (assets/samples/SET) or the tuning set runs/tune/SET
 for ref in sys.argv[5:]:
     name = Path(ref).parent.name if Path(ref).name == "model" else Path(ref).name
-    where = "heldout_" if Path(setname).is_dir() else ""  # a folder (assets/samples/SET) or the tuning set runs/tune/SET
     label = f"{name} {Path(setname).name}"
     cache = Path(f"runs/cand_{name}_{where}{Path(setname).name}_{steps}_{n}.pt")  # images in [-1, 1]: a model run once serves many comparisons
     inv = invert_set(setname, steps, ref, invert=not cache.exists())

@@ -55,7 +55,7 @@ def invert_set(setname: str, steps: int, ref: str = "oodgen-photos-64", invert: 
     d = replace(DDIMSettings(), steps=steps, batch_size=16)
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
     target, sky = noise_targets(x)
-    key = "_".join(p for p in (str(Path(ref)).replace("/", "-"), str(root).replace("/", "-"), str(d.t_end), str(steps)))
+    key = "_".join((str(Path(ref)).replace("/", "-"), str(root).replace("/", "-"), str(d.t_end), str(steps)))
     cache = Path(f"runs/z_{key}.pt")
     if not invert:
         z = None
