@@ -18,7 +18,7 @@ from typing import Optional  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from oodgen import display, service, tasks, views  # noqa: E402
-from oodgen.config import CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.config import CALIBRATIONS, CENTRES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings  # noqa: E402
 from oodgen.evaluation import SearchGrid  # noqa: E402
 from oodgen.finetune import FinetuneSettings  # noqa: E402
 from oodgen.generated import BASELINE_METHODS  # noqa: E402
@@ -302,7 +302,7 @@ def on_gen_method(method, pairing):
 
 
 def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, tolerance, per_dim, pairing, neighbours, spread, clusters, name,
-                noise=GEN.noise, ft_steps=None, ft_minutes=None, centre=GEN.centre):
+                noise=GEN.noise, ft_steps=None, ft_minutes=None, centre=GEN.centre, calibration=GEN.calibration):
     if method in BASELINE_METHODS:  # pixel crossfade, or fine-tuning a copy of the model (a background job with progress)
         try:
             ft = service.finetune_settings(ft_steps, ft_minutes, _whole(seed, "Seed")) if method == "finetune" else None
@@ -316,7 +316,8 @@ def on_generate(owner, run_id, method, n, alpha, eta, seed, use_filter, toleranc
         settings = GenerationSettings(method=method, alpha=float(alpha), eta=float(eta), seed=_whole(seed, "Seed"), per_dim_variance=bool(per_dim),
                                       geometric_filter=bool(use_filter), filter_tolerance=float(tolerance), pairing=pairing,
                                       neighbours=_whole(neighbours, "Neighbours"), alpha_spread=float(spread),
-                                      clusters=_whole(clusters, "Clusters"), noise=noise, centre=centre)
+                                      clusters=_whole(clusters, "Clusters"), noise=noise, centre=centre,
+                                      calibration=calibration)
         job = service.start_generate(owner, run_id, _whole(n, "N samples"), (name or "").strip(), settings)
     except ValueError as e:
         raise _err(e) from None
@@ -810,6 +811,10 @@ def build() -> gr.Blocks:
                     gen_centre = gr.Radio(list(CENTRES), value=GEN.centre, label="Slerp centre", elem_id="gen_centre",
                                           info="cloud: slerp turns about the mean of the run's latents (keeps sky and cores); "
                                                "origin: the authors' code (also used by the single decode and the strip above)")
+                    gen_calibration = gr.Radio(list(CALIBRATIONS), value=GEN.calibration, label="Intensity calibration", elem_id="gen_calibration",
+                                               info="quantiles: each channel takes the intensity distribution interpolated between the "
+                                                    "sample's two source images (recorded at inversion), keeping the decoded pixel ranks; like the noise "
+                                                    "model it applies to batch sets, the single decode above shows the decoder's own output")
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
                 gen_note = gr.Markdown()
                 with gr.Row():
@@ -978,7 +983,7 @@ def build() -> gr.Blocks:
                            show_progress="hidden")
         gen_btn.click(on_generate, [owner, gen_run, gen_method, gen_n, alpha, eta, seed, use_filter, tolerance, per_dim,
                                     gen_pairing, gen_neighbours, gen_spread, gen_clusters, gen_name, gen_noise, gen_ft_steps, gen_ft_minutes,
-                                    gen_centre],
+                                    gen_centre, gen_calibration],
                       [gen_note, jobs])
         generated_outputs = [gen_gallery, gen_info, gen_compare, gen_set_legend, gen_set_colorbar]
         generated.change(on_generated, [owner, generated, gen_view], generated_outputs)

@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 from .clitext import print_table
-from .config import CENTRES, DTYPE_CHOICES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
+from .config import CALIBRATIONS, CENTRES, DTYPE_CHOICES, METHODS, NOISE_MODELS, PAIRINGS, DDIMSettings, GenerationSettings
 from .generated import BASELINE_METHODS
 
 log = logging.getLogger("oodgen")
@@ -76,6 +76,9 @@ def _add_ddim_args(p: argparse.ArgumentParser, from_file: bool = False) -> None:
     p.add_argument("--batch-size", type=_batch_arg, default="auto", metavar="N|auto", help=BATCH_HELP)
 
 
+CALIBRATION_HELP = ("after the noise model: quantiles gives each channel of a sample the intensity distribution interpolated "
+                    "between its two sources' ((1 - alpha) Q_i + alpha Q_j, recorded at inversion), keeping the decoded pixel ranks; "
+                    f"none leaves the decoder's (default: {GenerationSettings().calibration})")
 BATCH_HELP = ("images per model call, halved automatically on out-of-memory; auto (default): sized to the free GPU memory "
               "on CUDA, the fastest batch measured once per machine and model on CPU (cached)")
 
@@ -264,7 +267,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import engine, pipeline
-    from .latents import load_latents, source_noise
+    from .latents import load_latents, source_profile
 
     if args.method in BASELINE_METHODS:
         return _generate_baseline(args)
@@ -282,12 +285,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     gen_settings = GenerationSettings(method=args.method, alpha=args.alpha, eta=args.eta, seed=args.seed,
                                       per_dim_variance=args.per_dim_variance, geometric_filter=args.filter, pairing=args.pairing,
                                       neighbours=args.neighbours, alpha_spread=args.alpha_spread, clusters=args.clusters, noise=args.noise,
-                                      centre=args.centre)
+                                      centre=args.centre, calibration=args.calibration)
     model = _load_model(args, meta)
     ddim_settings = DDIMSettings(t_end=int(t_end), steps=int(steps), batch_size=_batch_size(args, model, n=args.n))
     with _progress_bar("generate", args.quiet) as update:
-        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, source_noise=source_noise(meta),
-                              source_sky=source_noise(meta, "sky"))
+        gen = engine.generate(model, z, args.n, ddim_settings, gen_settings, progress=update, sources=source_profile(meta))
     pipeline.write_sampled_set(args.out, gen, meta, model.name, ddim_settings, gen_settings, {"latents": str(args.latents)},
                                save_latents=args.save_latents)
     print(f"wrote {len(gen.draws)} images to {args.out}" + (" (PNG + physical .npy)" if meta.get("stretch") else ""), file=sys.stderr)
@@ -523,7 +525,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     real = evaluation.load_set(args.input)
     grid = evaluation.SearchGrid(t_end=tuple(args.t_end), eta=tuple(args.eta), pairing=tuple(args.pairing), noise=tuple(args.noise),
                                  n_per_cell=args.n, steps=args.steps)
-    base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread, centre=args.centre)
+    base = GenerationSettings(method=args.method, alpha=args.alpha, seed=args.seed, alpha_spread=args.alpha_spread, centre=args.centre,
+                              calibration=args.calibration)
     model = _load_model(args)
     settings = quality.QualitySettings(kind=args.kind, morph_max=args.morph_max, seed=args.seed)
     with _progress_bar("search", args.quiet) as update:
@@ -621,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(border median); both measured at inversion (default: {g.noise})")
     s.add_argument("--centre", choices=CENTRES, default=g.centre,
                    help=f"slerp turns about the cloud of inverted latents' centre (their mean) or the origin (the authors' code) (default: {g.centre})")
+    s.add_argument("--calibration", choices=CALIBRATIONS, default=g.calibration, help=CALIBRATION_HELP)
     s.add_argument("--save-latents", action="store_true", help="also save the new latents to DIR/latents.safetensors")
     _add_model_args(s, default_model=None)
     _add_ddim_args(s, from_file=True)
@@ -712,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.5)
     s.add_argument("--alpha-spread", type=float, default=0.0)
     s.add_argument("--centre", choices=CENTRES, default=GenerationSettings().centre, help="slerp about the latents' mean (cloud) or the origin")
+    s.add_argument("--calibration", choices=CALIBRATIONS, default=GenerationSettings().calibration, help=CALIBRATION_HELP)
     s.add_argument("--kind", choices=("auto", "galaxy", "physical", "image"), default="auto")
     s.add_argument("--diversity-curve", action="store_true", help="also measure diversity against the number of source images at the best cell (paper Fig. 7)")
     s.add_argument("--morph-max", type=int, default=60, help="galaxy: statmorph on at most this many images per cell (default: 60)")

@@ -15,6 +15,7 @@ Method = Literal["slerp", "lerp", "gaussian"]
 METHODS: tuple[str, ...] = ("slerp", "lerp", "gaussian")
 PAIRINGS: tuple[str, ...] = ("random", "nearest")
 NOISE_MODELS: tuple[str, ...] = ("none", "match", "sky")
+CALIBRATIONS: tuple[str, ...] = ("none", "quantiles")
 CENTRES: tuple[str, ...] = ("cloud", "origin")
 # UNet precisions; auto = bfloat16 on a CPU with native bf16, float32 elsewhere (models.resolve_dtype)
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -73,6 +74,7 @@ class GenerationSettings(JSONSettings):
     clusters: int = 1  # gaussian: one Gaussian per k-means cluster of the latents, drawn in proportion to cluster size
     centre: str = "cloud"  # slerp turns about the OOD cloud's centre (mean of the inverted latents), or the origin (authors' code; burns cores, blackens skies)
     noise: str = "match"  # none; match: add white noise up to the sources' pixel noise; sky: also shift to the sources' sky level (border median)
+    calibration: str = "quantiles"  # after the noise model: quantiles maps each channel onto its sources' interpolated intensity distribution (1-D optimal transport, pixel ranks kept); none
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,6 +85,8 @@ class GenerationSettings(JSONSettings):
             raise ValueError(f"centre={self.centre!r} is not one of {', '.join(CENTRES)}")
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"noise={self.noise!r} is not one of {', '.join(NOISE_MODELS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration={self.calibration!r} is not one of {', '.join(CALIBRATIONS)}")
         if self.neighbours < 1 or self.clusters < 1:
             raise ValueError(f"neighbours={self.neighbours} and clusters={self.clusters} must be at least 1")
         if not 0.0 <= self.alpha_spread <= 0.5:

@@ -28,7 +28,7 @@ from . import ddim
 from .config import DDIMSettings, GenerationSettings
 from .fsutil import cache_dir, write_json
 from .models import FrozenDDPM, is_out_of_memory
-from .sampling import Draw, match_noise, match_sky, sample_latents
+from .sampling import Draw, SourceProfile, finish, sample_latents
 
 log = logging.getLogger(__name__)
 
@@ -526,23 +526,19 @@ def generate(
     settings: GenerationSettings = GenerationSettings(),
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
-    source_noise: Optional[Sequence[float]] = None,
-    source_sky: Optional[Sequence[float]] = None,
+    sources: Optional[SourceProfile] = None,
 ) -> Generated:
     """n new images in [-1, 1] from the OOD region of ``latents`` [N, C, H, W], with their latents and provenance.
 
-    ``settings.noise``: "match" adds white noise up to ``source_noise`` (per channel, model units;
-    :func:`oodgen.latents.source_noise` of the latent file); "sky" first shifts each image to the
-    sources' sky level ``source_sky``; without them a warning says nothing was added.
+    After decoding, :func:`oodgen.sampling.finish` applies ``settings.noise`` and ``settings.calibration``
+    with what ``sources`` (rows as ``latents``; :func:`oodgen.latents.source_profile` of the latent file, or
+    :meth:`SourceProfile.from_images`) records; a step it lacks is skipped with a warning.
     """
     z, draws = sample_latents(latents, n, settings)
+    if sources is not None and sources.quantiles is not None and len(sources.quantiles) != len(latents):
+        raise ValueError(f"the source profile has {len(sources.quantiles)} rows for {len(latents)} latents; take SourceProfile.subset of the same rows")
     images = denoise(model, z, ddim_settings, settings.eta, settings.seed, progress, cancel)
-    if settings.noise != "none":
-        if source_noise is None or (settings.noise == "sky" and source_sky is None):
-            log.warning("noise=%s: the latent file records no source noise/sky (made before oodgen measured them); nothing added", settings.noise)
-        else:
-            g = torch.Generator().manual_seed(settings.seed * 7_919 + 17)
-            sig = torch.tensor(list(source_noise), dtype=torch.float32)
-            images = (match_noise(images, sig, g) if settings.noise == "match"
-                      else match_sky(images, torch.tensor(list(source_sky), dtype=torch.float32), sig, g))
-    return Generated(images.clamp(-1, 1), z, draws)
+    images, warnings = finish(images, draws, settings, sources, torch.Generator().manual_seed(settings.seed * 7_919 + 17))
+    for w in warnings:
+        log.warning(w)
+    return Generated(images, z, draws)

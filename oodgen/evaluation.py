@@ -334,9 +334,9 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
     cells = grid.cells()
     gens: dict[str, ImageSet] = {}
     done = 0
-    from .sampling import match_noise, match_sky, noise_targets
+    from .sampling import SourceProfile, finish
 
-    target, sky = noise_targets(x)  # the sources' pixel noise and sky level per channel (model units)
+    sources = SourceProfile.from_images(x)  # the sources' pixel noise, sky level and quantile functions (model units)
     decodes = sorted({(t, e, p) for t, e, p, _ in cells})
     work = len(grid.t_end) * len(x) + len(decodes) * grid.n_per_cell
     for t_end in grid.t_end:
@@ -346,15 +346,14 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
         for t, eta, pairing in decodes:
             if t != t_end:
                 continue
-            g = replace(base, eta=eta, pairing=pairing, noise="none")
+            g = replace(base, eta=eta, pairing=pairing, noise="none", calibration="none")
             out = engine.generate(model, z, grid.n_per_cell, ddim_settings, g,
                                   progress=lambda d, n: report(f"generate {cell_label(t, eta, pairing)}", (done + grid.n_per_cell * d / max(n, 1)) / work))
             done += grid.n_per_cell
             for nz in grid.noise:
                 label = cell_label(t, eta, pairing, nz)
-                g_noise = torch.Generator().manual_seed(base.seed * 7_919 + 17)
-                images = {"none": lambda: out.images, "match": lambda: match_noise(out.images, target, g_noise),
-                          "sky": lambda: match_sky(out.images, sky, target, g_noise)}[nz]().clamp(-1, 1)
+                g_noise = torch.Generator().manual_seed(base.seed * 7_919 + 17)  # as engine.generate seeds it
+                images, _ = finish(out.images, out.draws, replace(base, noise=nz), sources, g_noise)
                 gens[label] = model_output_set(images, real, stretch, label)
     ev = evaluate_sets(next(iter(gens.values())), real, list(gens.values())[1:], kind, settings, with_crossfade=True,
                        progress=lambda s, f: report(f"evaluate: {s}", f))
@@ -434,9 +433,9 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     x, stretch = to_model_input(list(real.samples), model.resolution, model.channels)
     d = DDIMSettings(t_end=t_end, steps=min(steps, t_end), batch_size=batch_size)
     z = engine.invert(model, x, d, progress=lambda a, b: report("invert", 0.5 * a / max(b, 1)))
-    from .sampling import noise_targets
+    from .sampling import SourceProfile
 
-    noise, sky = (t.tolist() for t in noise_targets(x))
+    sources = SourceProfile.from_images(x)
     phys = quality.PhysicalReference.from_real(real.x) if real.kind == "physical" else None
     real_v = quality.pixel_view(real.x, phys)
     base = quality.mean_pairwise_distance(real_v, seed=seed)
@@ -444,7 +443,7 @@ def diversity_curve(model, real: ImageSet, settings, sizes: Sequence[int] = (2, 
     rows = []
     for q_, k in enumerate(ks):
         idx = np.sort(np.random.default_rng(seed).permutation(len(z))[:k])
-        out = engine.generate(model, z[idx], n, d, settings, source_noise=noise, source_sky=sky)
+        out = engine.generate(model, z[idx], n, d, settings, sources=sources.subset(idx.tolist()))
         gen = quality.pixel_view(model_output_set(out.images, real, stretch, f"k{k}").x, phys)
         nn, _ = quality.nearest_real(gen, real_v[idx])
         rows.append({"k": k, "diversity_ratio": round(quality.mean_pairwise_distance(gen, seed=seed) / base, 4),

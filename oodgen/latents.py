@@ -127,17 +127,24 @@ def count_latents(path: str | Path) -> int:
         return int(f.get_slice(TENSOR).get_shape()[0])
 
 
+QUANTILE_LEVELS = 65  # levels of each source's recorded quantile function (probabilities 0, 1/64, ..., 1)
+
+
 def sources_of(samples: Any, x: Any = None) -> list[dict[str, Any]]:
     """The ``sources`` metadata entries of :class:`oodgen.data.Sample` s, in order: name, content hash and,
-    when the model inputs ``x`` [N, C, H, W] are given, each image's pixel-noise sigma per channel in
-    model units (:func:`oodgen.sampling.pixel_noise`; read back by :func:`source_noise`)."""
+    when the model inputs ``x`` [N, C, H, W] are given, each image's pixel-noise sigma and sky level per
+    channel in model units (:func:`oodgen.sampling.pixel_noise`, :func:`~oodgen.sampling.border_level`)
+    and its per-channel quantile function at :data:`QUANTILE_LEVELS` levels (read back by
+    :func:`source_profile`)."""
     out: list[dict[str, Any]] = [{"name": s.name, "sha256": s.sha256} for s in samples]
     if x is not None and len(out):
-        from .sampling import border_level, pixel_noise
+        from .sampling import border_level, pixel_noise, quantile_functions
 
-        for entry, sig, sky in zip(out, pixel_noise(x).tolist(), border_level(x.float()).tolist()):
+        xf = x.float()
+        for entry, sig, sky, q in zip(out, pixel_noise(xf).tolist(), border_level(xf).tolist(), quantile_functions(xf, QUANTILE_LEVELS).tolist()):
             entry["noise"] = [round(v, 6) for v in sig]
             entry["sky"] = [round(v, 6) for v in sky]
+            entry["quantiles"] = [[round(v, 4) for v in row] for row in q]
     return out
 
 
@@ -150,3 +157,17 @@ def source_noise(meta: dict[str, Any], key: str = "noise") -> Optional[list[floa
     if not sigs:
         return None
     return [statistics.median(col) for col in zip(*sigs)]
+
+
+def source_profile(meta: dict[str, Any]):
+    """The :class:`oodgen.sampling.SourceProfile` of a latent file's metadata: median noise and sky level, and
+    the per-source quantile functions [N, C, Q] when every source has one (else None: files made before
+    oodgen recorded them)."""
+    from .sampling import SourceProfile
+
+    noise, sky = source_noise(meta), source_noise(meta, "sky")
+    srcs = [s for s in meta.get("sources") or [] if isinstance(s, dict)]
+    qs = [s.get("quantiles") for s in srcs]
+    quantiles = torch.tensor(qs, dtype=torch.float32) if srcs and all(qs) else None
+    return SourceProfile(None if noise is None else torch.tensor(noise, dtype=torch.float32),
+                         None if sky is None else torch.tensor(sky, dtype=torch.float32), quantiles)

@@ -18,6 +18,12 @@ are seeded through an explicit ``torch.Generator`` or integer seed.
   (maximum likelihood, paper Lemma D.4).
 - ``geometric_filter``: the authors' acceptance test: keep a candidate only when its mean distance
   and mean origin angle to the inverted set match those within the set, within a tolerance.
+
+After decoding (:func:`finish`, oodgen's additions, not the paper's): the noise model (``match_noise``,
+``match_sky``) puts back the sources' pixel noise, and the intensity calibration (``match_quantiles``)
+gives each channel of a draw from sources i and j at alpha the intensity distribution whose quantile
+function is (1 - alpha) Q_i + alpha Q_j (the 1-D Wasserstein geodesic between the two sources'
+distributions; a Gaussian draw takes the barycentre of all sources), keeping the decoder's pixel ranks.
 """
 
 from __future__ import annotations
@@ -315,6 +321,102 @@ def match_noise(images: torch.Tensor, target: torch.Tensor, generator: torch.Gen
     add = (target.double()[None, :] ** 2 - own.double() ** 2).clamp_min(0).sqrt().float()
     noise = torch.randn(images.shape, generator=generator)
     return images + noise * add[:, :, None, None]
+
+
+def quantile_probs(levels: int) -> torch.Tensor:
+    """The probabilities [levels] at which oodgen records quantile functions: (1 - cos(pi k / (levels - 1))) / 2,
+    k = 0 .. levels - 1, from 0 (the minimum) to 1 (the maximum), dense in both tails (at 65 levels the
+    two outermost steps are 6e-4 of the pixels, about 2.5 of a 64x64 image: a galaxy's core and the
+    sky's lower tail keep their shape), float64."""
+    if levels < 2:
+        raise ValueError(f"levels={levels} must be at least 2")
+    k = torch.arange(levels, dtype=torch.float64)
+    return (1 - torch.cos(math.pi * k / (levels - 1))) / 2
+
+
+def quantile_functions(x: torch.Tensor, levels: int = 65) -> torch.Tensor:
+    """Per-image, per-channel quantile functions of ``x`` [N, C, H, W] at :func:`quantile_probs` (``levels``):
+    [N, C, levels], float32."""
+    if x.ndim != 4:
+        raise ValueError(f"quantile_functions needs images [N, C, H, W], got shape {tuple(x.shape)}")
+    p = quantile_probs(levels)
+    return torch.quantile(x.flatten(2).double(), p, dim=2).permute(1, 2, 0).float().contiguous()
+
+
+def match_quantiles(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Histogram specification: each channel of each image in ``images`` [N, C, H, W] gets the intensity
+    distribution whose quantile function is ``target`` [N, C, Q] (at :func:`quantile_probs` (Q)), keeping
+    its pixels' rank order (so the spatial structure stays the decoder's).
+
+    The pixel of rank r among P gets the target quantile at probability (r + 0.5) / P, linearly
+    interpolated between levels; ties are broken by position. A monotone map per channel, so images in
+    physical units through a per-channel monotone stretch get the same result."""
+    if images.ndim != 4 or target.ndim != 3 or target.shape[:2] != images.shape[:2]:
+        raise ValueError(f"match_quantiles needs images [N, C, H, W] and target [N, C, Q], got {tuple(images.shape)} and {tuple(target.shape)}")
+    n, c, h, w = images.shape
+    flat = images.flatten(2)
+    p_count, q = flat.shape[-1], target.shape[-1]
+    probs = quantile_probs(q)
+    u = (torch.arange(p_count, dtype=torch.float64) + 0.5) / p_count  # probability of each rank
+    lo = (torch.searchsorted(probs, u, right=True) - 1).clamp(0, q - 2)
+    frac = ((u - probs[lo]) / (probs[lo + 1] - probs[lo])).clamp(0, 1).float()
+    tq = target.float()
+    values = tq[..., lo] * (1 - frac) + tq[..., lo + 1] * frac  # [N, C, P] value of each rank
+    order = flat.argsort(dim=-1, stable=True)
+    out = torch.empty_like(flat, dtype=torch.float32)
+    out.scatter_(-1, order, values)
+    return out.view(n, c, h, w).to(images.dtype)
+
+
+def draw_quantiles(draws: "list[Draw]", quantiles: torch.Tensor) -> torch.Tensor:
+    """The target quantile functions [n, C, Q] of ``draws`` from the sources' ``quantiles`` [N, C, Q]:
+    (1 - alpha) Q_i + alpha Q_j for an interpolation, the mean over all sources for a Gaussian draw."""
+    q = quantiles.float()
+    mean = q.mean(dim=0)
+    out = [mean if d.i < 0 else (1 - d.alpha) * q[d.i] + d.alpha * q[d.j] for d in draws]
+    return torch.stack(out) if out else q[:0]
+
+
+@dataclass(frozen=True)
+class SourceProfile:
+    """What the post-processing of :func:`finish` knows of the source images (model units)."""
+
+    noise: Optional[torch.Tensor] = None  # [C] median per-channel pixel noise (pixel_noise)
+    sky: Optional[torch.Tensor] = None  # [C] median per-channel sky level (border_level)
+    quantiles: Optional[torch.Tensor] = None  # [N, C, Q] each source's per-channel quantile function, rows as the latents
+
+    @classmethod
+    def from_images(cls, x: torch.Tensor, levels: int = 65) -> "SourceProfile":
+        """The profile of source images ``x`` [N, C, H, W] in model units."""
+        noise, sky = noise_targets(x)
+        return cls(noise, sky, quantile_functions(x, levels))
+
+    def subset(self, rows: "torch.Tensor | list[int]") -> "SourceProfile":
+        """The profile of the sources ``rows`` (for a subset of the latents); the medians are kept."""
+        q = None if self.quantiles is None else self.quantiles[torch.as_tensor(rows, dtype=torch.long)]
+        return SourceProfile(self.noise, self.sky, q)
+
+
+def finish(images: torch.Tensor, draws: "list[Draw]", settings: GenerationSettings, sources: Optional[SourceProfile],
+           generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Decoded images [n, C, H, W] in [-1, 1] after the noise model and the intensity calibration of ``settings``
+    (the module docstring), clamped to [-1, 1]; and the warnings for steps that could not run (the sources'
+    profile lacks what they need: a latent file made before oodgen recorded it)."""
+    src = sources or SourceProfile()
+    warnings: list[str] = []
+    if settings.noise != "none":
+        if src.noise is None or (settings.noise == "sky" and src.sky is None):
+            warnings.append(f"noise={settings.noise}: the sources' pixel noise/sky level is not recorded (re-invert to record it); nothing added")
+        elif settings.noise == "match":
+            images = match_noise(images, src.noise, generator)
+        else:
+            images = match_sky(images, src.sky, src.noise, generator)
+    if settings.calibration == "quantiles":
+        if src.quantiles is None:
+            warnings.append("calibration=quantiles: the sources' intensity distributions are not recorded (re-invert to record them); not calibrated")
+        else:
+            images = match_quantiles(images, draw_quantiles(draws, src.quantiles).to(images.device))
+    return images.clamp(-1, 1), warnings
 
 
 def noise_targets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

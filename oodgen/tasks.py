@@ -33,7 +33,7 @@ from .data import LoadReport, Sample, Stretch, load_paths, to_model_input, to_ui
 from .generated import data_folder, model_output_images, write_generated
 from .jobs import JobContext
 from .fsutil import atomic_dir, atomic_write, write_json
-from .latents import load_latents, source_noise
+from .latents import load_latents, source_profile
 from .models import DEFAULT_MODEL, REGISTRY, FrozenDDPM, ModelLoadError, load_model
 from .workspace import Record, Workspace, WorkspaceError, home_from_env
 
@@ -312,8 +312,7 @@ def run_generate(ctx: JobContext) -> str:
     n = int(p["n"])
     ctx.progress(0, n * settings.steps, "generating")
     gen = engine.generate(model, z, n, settings, gen_settings, progress=lambda d, t: ctx.progress(d, t, "generating"),
-                          cancel=ctx.cancelled, source_noise=source_noise(file_meta),
-                          source_sky=source_noise(file_meta, "sky"))
+                          cancel=ctx.cancelled, sources=source_profile(file_meta))
 
     def fill(tmp: Path) -> dict:
         return pipeline.write_sampled_set(tmp, gen, file_meta, model.name, settings, gen_settings, _origin(rec), write_manifest=False)

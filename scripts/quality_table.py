@@ -7,7 +7,7 @@
 cutouts, 120 dust maps: none of them in ``assets/samples``) and runs ``python -m oodgen search`` on
 it; the defaults in ``GenerationSettings``/``DDIMSettings`` are chosen from those results. ``report``
 runs ``invert`` + ``generate`` for each row of ``ROWS`` (the current defaults, the previous default
-model at today's settings, the original default oodgen-faces-32 at t_end 900) on the bundled galaxy and
+model and settings without the intensity calibration, the original default oodgen-faces-32 at t_end 900) on the bundled galaxy and
 radiation sets, then ``evaluate`` with the other rows as baselines (finished rows are reused).
 Outputs: ``docs/results/search_<set>.json``, ``docs/results/quality_<set>.json`` and
 ``docs/results/quality_<set>.png`` (montage); the HTML pages go to ``out/`` (not committed).
@@ -46,8 +46,9 @@ def search(extra: list[str]) -> None:
 # the defaults are (DEFAULT_MODEL, DDIMSettings, GenerationSettings); the others pin what they were.
 ROWS = (
     ("new default", None, [], []),
-    ("previous default", "oodgen-photos-64", [], []),  # the bundled 64x64 model before oodgen-photos-64-smooth, today's settings
-    ("old default", "oodgen-faces-32", ["--t-end", "900"], ["--pairing", "random", "--eta", "0", "--noise", "none", "--centre", "origin"]),
+    ("previous default", None, [], ["--calibration", "none"]),  # the defaults before the intensity calibration: same model, latents and draws
+    ("old default", "oodgen-faces-32", ["--t-end", "900"], ["--pairing", "random", "--eta", "0", "--noise", "none", "--centre", "origin",
+                                                            "--calibration", "none"]),
 )
 
 

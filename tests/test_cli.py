@@ -200,6 +200,46 @@ def test_diagnose_samples_large_latent_files_without_loading_them(tmp_path, caps
     assert main(["-q", "diagnose", "--ood", str(tmp_path / "ood.safetensors"), "--id-prior", "12", "--max-n", "1"]) == 2
 
 
+def test_generate_calibrates_each_sample_to_its_sources_intensity_distribution(tiny_pipeline_dir, tmp_path):
+    """invert records each source's quantile functions; generate (default --calibration quantiles) gives each sample,
+    per channel, the distribution (1 - alpha) Q_i + alpha Q_j of its two sources (read from generated.json), which
+    --calibration none does not; a latent file without them still generates, with a warning."""
+    import torch
+
+    from oodgen.latents import QUANTILE_LEVELS, save_latents
+    from oodgen.sampling import match_quantiles
+
+    d = tmp_path / "src"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(5):  # sources with very different brightness per channel, none like the random model's output
+        img = np.clip(rng.gamma(1 + k, 0.05, (16, 16, 3)) * np.array([1.0, 0.5, 2.0]), 0, 1)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(d / f"s{k}.png")
+    z_file = tmp_path / "z.safetensors"
+    assert main(["-q", "invert", "--input", str(d), "--out", str(z_file), "--model", str(tiny_pipeline_dir), "--t-end", "300", "--steps", "3"]) == 0
+    z, meta = load_latents(z_file)
+    q_src = torch.tensor([s["quantiles"] for s in meta["sources"]])
+    assert q_src.shape == (5, 3, QUANTILE_LEVELS)
+    read = lambda folder: torch.from_numpy(np.stack([np.asarray(Image.open(f), np.float32) / 127.5 - 1  # noqa: E731
+                                                     for f in sorted(folder.glob("*.png"))])).permute(0, 3, 1, 2)
+    errors = {}
+    for cal in ("quantiles", "none"):
+        out = tmp_path / cal
+        assert main(["-q", "generate", "--latents", str(z_file), "--n", "6", "--out", str(out), "--steps", "3", "--alpha", "0.3",
+                     "--calibration", cal]) == 0
+        man = json.loads((out / "generated.json").read_text())
+        assert man["generation"]["calibration"] == cal
+        draws = [(it["i"], it["j"], it["alpha"]) for it in man["samples"]]
+        want = torch.stack([(1 - a) * q_src[i] + a * q_src[j] for i, j, a in draws])
+        got = read(out)
+        errors[cal] = (got - match_quantiles(got, want)).abs().max().item()  # 0 when got already has the wanted distribution
+    assert errors["quantiles"] < 0.01 < 0.1 < errors["none"]  # within the PNG's 8-bit rounding, against far off
+    bare = dict(meta)
+    bare["sources"] = [{k: v for k, v in s.items() if k != "quantiles"} for s in meta["sources"]]
+    save_latents(tmp_path / "old.safetensors", z, bare)
+    assert main(["-q", "generate", "--latents", str(tmp_path / "old.safetensors"), "--n", "2", "--out", str(tmp_path / "old"), "--steps", "3"]) == 0
+
+
 def test_inversion_records_source_noise_and_generate_matches_it(tiny_pipeline_dir, tmp_path):
     """invert stores each source's pixel noise; generate --noise match adds noise up to their median."""
     from oodgen.latents import source_noise
@@ -219,7 +259,8 @@ def test_inversion_records_source_noise_and_generate_matches_it(tiny_pipeline_di
     assert 0.25 < np.mean(target) < 0.5  # 0.2 in [0, 1] units is 0.4 in the model's [-1, 1] (less after clipping)
     for noise in ("none", "match"):
         out = tmp_path / noise
-        assert main(["-q", "generate", "--latents", str(z_file), "--n", "4", "--out", str(out), "--noise", noise, "--steps", "4"]) == 0
+        assert main(["-q", "generate", "--latents", str(z_file), "--n", "4", "--out", str(out), "--noise", noise, "--steps", "4",
+                     "--calibration", "none"]) == 0
         man = json.loads((out / "generated.json").read_text())
         assert man["generation"]["noise"] == noise
     import torch

@@ -10,10 +10,11 @@ from oodgen.sampling import GaussianFit, geometric_filter, interpolation_strip, 
 
 
 def test_lerp_endpoints_and_midpoint():
-    a, b = torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 4, 4, generator=g), torch.randn(3, 4, 4, generator=g)
     assert torch.equal(lerp(a, b, 0.0), a)
-    assert torch.allclose(lerp(a, b, 1.0), b)
-    assert torch.allclose(lerp(a, b, 0.5), (a + b) / 2)
+    assert torch.allclose(lerp(a, b, 1.0), b, atol=1e-6)  # a + (b - a) * 1 is b to rounding
+    assert torch.allclose(lerp(a, b, 0.5), (a + b) / 2, atol=1e-6)
 
 
 def test_slerp_on_orthogonal_unit_vectors_is_the_great_circle():
@@ -48,10 +49,11 @@ def test_slerp_norm_interpolates_linearly():
 
 
 def test_strip_shape_and_ends():
-    a, b = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
     s = interpolation_strip(a, b, 5, "lerp")
     assert s.shape == (5, 3, 8, 8)
-    assert torch.allclose(s[0], a) and torch.allclose(s[-1], b)
+    assert torch.allclose(s[0], a, atol=1e-6) and torch.allclose(s[-1], b, atol=1e-6)  # a + (b - a) * 1 is b to rounding
     with pytest.raises(ValueError, match="k >= 2"):
         interpolation_strip(a, b, 1)
 
@@ -252,3 +254,70 @@ def test_sample_latents_slerps_about_the_centre_setting():
             assert torch.allclose(out[k], interpolate(z[dr.i], z[dr.j], dr.alpha, "slerp", c), atol=1e-5)
     with pytest.raises(ValueError, match="centre"):
         GenerationSettings(centre="middle")
+
+
+def _keeps_order(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Each channel of ``after`` is a non-decreasing function of ``before`` (pixel ranks kept, ties allowed)."""
+    order = before.flatten(2).argsort(dim=-1, stable=True)  # ties by position, as match_quantiles breaks them
+    return bool((after.flatten(2).gather(-1, order).diff(dim=-1) >= 0).all())
+
+
+def test_quantile_probs_run_from_min_to_max_densest_in_the_tails():
+    from oodgen.sampling import quantile_probs
+
+    p = quantile_probs(65)
+    assert p[0] == 0 and p[-1] == 1 and (p.diff() > 0).all()
+    torch.testing.assert_close(p + p.flip(0), torch.ones(65, dtype=torch.float64))  # symmetric
+    assert p.diff()[0] < 1e-3 < p.diff()[32]  # about 2.5 of 4,096 pixels at the ends, 1/40 in the middle
+    with pytest.raises(ValueError, match="at least 2"):
+        quantile_probs(1)
+
+
+def test_match_quantiles_gives_the_target_distribution_and_keeps_the_ranks():
+    from oodgen.sampling import match_quantiles, quantile_functions
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 64, 64, generator=g)  # uniform pixels
+    other = torch.randn(4, 3, 64, 64, generator=g).exp()  # a log-normal intensity distribution
+    out = match_quantiles(images, quantile_functions(other, 65))
+    assert _keeps_order(images, out)  # pixel order kept: the structure is the input's
+    want, got = other.flatten(2).sort(-1).values, out.flatten(2).sort(-1).values
+    inner = slice(41, -41)  # 1% tails: there a 65-level quantile function interpolates between a few extreme pixels
+    rel = ((got - want) / want).abs()
+    assert rel[..., inner].max() < 0.08 and rel.mean() < 0.01
+    torch.testing.assert_close(quantile_functions(out, 65)[..., 3:-3], quantile_functions(other, 65)[..., 3:-3], atol=0.02, rtol=0.03)
+    same = match_quantiles(other, quantile_functions(other, 257))  # onto its own distribution: (almost) the identity
+    assert ((same - other) / other).abs().mean() < 5e-3
+    with pytest.raises(ValueError, match=r"target \[N, C, Q\]"):
+        match_quantiles(images, quantile_functions(other, 65)[:2])
+
+
+def test_draw_quantiles_interpolate_the_two_sources_and_average_for_gaussian_draws():
+    from oodgen.sampling import Draw, draw_quantiles
+
+    q = torch.arange(3 * 2 * 5, dtype=torch.float32).view(3, 2, 5)
+    out = draw_quantiles([Draw("slerp", 0, 2, 0.25), Draw("lerp", 1, 0, 1.0), Draw("gaussian")], q)
+    torch.testing.assert_close(out[0], 0.75 * q[0] + 0.25 * q[2])
+    torch.testing.assert_close(out[1], q[0])
+    torch.testing.assert_close(out[2], q.mean(0))
+
+
+def test_finish_applies_noise_then_calibration_and_warns_for_what_is_missing():
+    from oodgen.sampling import Draw, SourceProfile, finish, quantile_functions
+
+    g = torch.Generator().manual_seed(3)
+    src = (torch.rand(3, 3, 32, 32, generator=g) ** 3) * 2 - 1  # dark sources with a bright tail
+    decoded = torch.rand(2, 3, 32, 32, generator=g) * 0.2  # grey, flat decodes
+    draws = [Draw("slerp", 0, 1, 0.5), Draw("slerp", 2, 0, 0.5)]
+    prof = SourceProfile.from_images(src)
+    cal, warn = finish(decoded, draws, GenerationSettings(noise="none"), prof, torch.Generator().manual_seed(0))
+    assert not warn and _keeps_order(decoded, cal)
+    want = 0.5 * quantile_functions(src[[0, 2]]) + 0.5 * quantile_functions(src[[1, 0]])
+    assert (quantile_functions(cal)[..., 2:-2] - want[..., 2:-2]).abs().max() < 0.03
+    plain, _ = finish(decoded, draws, GenerationSettings(noise="none", calibration="none"), prof, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, decoded)
+    _, warn = finish(decoded, draws, GenerationSettings(), SourceProfile(), torch.Generator().manual_seed(0))
+    assert len(warn) == 2 and "re-invert" in warn[0] and "calibration=quantiles" in warn[1]
+    assert len(prof.subset([2, 0]).quantiles) == 2 and torch.equal(prof.subset([2, 0]).quantiles[0], prof.quantiles[2])
+    with pytest.raises(ValueError, match="calibration='curves' is not one of none, quantiles"):
+        GenerationSettings(calibration="curves")

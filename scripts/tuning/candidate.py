@@ -21,6 +21,7 @@ from common import evaluate_and_save, invert_set  # noqa: E402
 
 from oodgen import engine, evaluation as ev  # noqa: E402
 from oodgen.config import DDIMSettings, GenerationSettings  # noqa: E402
+from oodgen.sampling import SourceProfile  # noqa: E402
 
 setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 g = GenerationSettings()
@@ -37,7 +38,7 @@ for ref in sys.argv[5:]:
     if cache.exists():
         images = torch.load(cache)
     else:
-        images = engine.generate(inv.model, inv.z, n, inv.ddim, g, source_noise=inv.target.tolist(), source_sky=inv.sky.tolist()).images
+        images = engine.generate(inv.model, inv.z, n, inv.ddim, g, sources=SourceProfile.from_images(inv.x)).images
         torch.save(images, cache)
     gens.append(ev.model_output_set(images, real, inv.stretch, label))
     print(f"{label}: inverted and generated, {time.time() - t0:.0f} s", flush=True)

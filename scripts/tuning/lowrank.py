@@ -19,7 +19,7 @@ from common import evaluate_and_save, invert_set  # noqa: E402
 
 from oodgen import engine, evaluation as ev  # noqa: E402
 from oodgen.config import GenerationSettings  # noqa: E402
-from oodgen.sampling import match_noise  # noqa: E402
+from oodgen.sampling import SourceProfile, match_noise  # noqa: E402
 
 setname, tag, steps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 t0 = time.time()
@@ -41,7 +41,7 @@ def lowrank(m: int) -> torch.Tensor:
 
 
 gens = []
-default = engine.generate(model, z, n, d, GenerationSettings(), source_noise=target.tolist(), source_sky=sky.tolist())
+default = engine.generate(model, z, n, d, GenerationSettings(), sources=SourceProfile.from_images(inv.x))
 gens.append(ev.model_output_set(default.images, real, stretch, f"slerp default {setname}"))
 for m in (len(z), 3):
     img = engine.denoise(model, lowrank(m), d, 0.0, 0)
