@@ -622,6 +622,8 @@ def generation_label(settings: GenerationSettings | dict) -> str:
                  "about the origin" if g.method == "slerp" and g.centre == "origin" else ""]
     if g.geometric_filter:
         parts.append(f"geometric filter {g.filter_tolerance:g}")
+    if g.calibration == "none":
+        parts.append("no intensity calibration")
     return ", ".join(p for p in parts if p)
 
 

@@ -343,3 +343,4 @@ def test_batch_generation_label_names_the_options_that_apply():
     assert service.generation_label(g(method="lerp", pairing="nearest", neighbours=4, alpha_spread=0.2)) == \
         "lerp, nearest pairs (4 neighbours), alpha 0.5 ± 0.2"
     assert service.generation_label({"method": "gaussian", "clusters": 3, "pairing": "nearest"}) == "gaussian, 3 clusters"
+    assert service.generation_label(g(calibration="none")) == "slerp, random pairs, alpha 0.5, no intensity calibration"
