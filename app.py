@@ -245,12 +245,12 @@ def on_pick(picker, clicks, evt: gr.SelectData):
     return slots.get("i", gr.skip()), slots.get("j", gr.skip()), picker.note()
 
 
-def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, view=None):
+def on_decode(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, noise=GEN.noise, calibration=GEN.calibration, view=None):
     """The decoded image, and sample i | decoded | sample j side by side."""
     if not run_id:
         return None, None
     try:
-        v = views.decode_view(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, view)
+        v = views.decode_view(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, view, noise, calibration)
     except ValueError as e:
         raise _err(e) from None
     return v["decoded"], v["picks"]
@@ -265,19 +265,19 @@ def on_gen_view(owner, run_id, view):
     return v["legend"], v["colorbar"]
 
 
-def on_decode_check(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre):
+def on_decode_check(owner, run_id, i, j, alpha, method, eta, seed, centre=GEN.centre, noise=GEN.noise, calibration=GEN.calibration):
     """After a decode: whether the sample fell back into the model's own domain (oodgen.fallback)."""
     if not run_id:
         return ""
     try:
-        return views.decode_check(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
+        return views.decode_check(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, noise, calibration)
     except ValueError as e:
         return f"**{e}**"
 
 
-def on_strip(owner, run_id, i, j, k, method, centre=GEN.centre):
+def on_strip(owner, run_id, i, j, k, method, centre=GEN.centre, noise=GEN.noise, calibration=GEN.calibration):
     try:
-        return service.decode_strip(owner, run_id, int(i), int(j), int(k), method, centre)
+        return service.decode_strip(owner, run_id, int(i), int(j), int(k), method, centre, noise, calibration)
     except ValueError as e:
         raise _err(e) from None
 
@@ -807,14 +807,15 @@ def build() -> gr.Blocks:
                     gen_ft_minutes = gr.Number(value=0, minimum=0, label="Fine-tuning minutes", elem_id="gen_ft_minutes",
                                                visible=GEN.method == "finetune", info="time budget (0: none); whichever ends first")
                     gen_noise = gr.Radio(list(NOISE_MODELS), value=GEN.noise, label="Noise model", elem_id="gen_noise",
-                                         info="match: add white noise up to the source images' pixel (sky) noise, measured at inversion")
+                                         info="match: add white noise up to the source images' pixel (sky) noise, measured at inversion "
+                                              "(batch sets, the single decode and the strip)")
                     gen_centre = gr.Radio(list(CENTRES), value=GEN.centre, label="Slerp centre", elem_id="gen_centre",
                                           info="cloud: slerp turns about the mean of the run's latents (keeps sky and cores); "
                                                "origin: the authors' code (also used by the single decode and the strip above)")
                     gen_calibration = gr.Radio(list(CALIBRATIONS), value=GEN.calibration, label="Intensity calibration", elem_id="gen_calibration",
                                                info="quantiles: each channel takes the intensity distribution interpolated between the "
                                                     "sample's two source images (recorded at inversion), keeping the decoded pixel ranks; like the noise "
-                                                    "model it applies to batch sets, the single decode above shows the decoder's own output")
+                                                    "model and the slerp centre it also applies to the single decode and the strip above")
                 gen_btn = gr.Button("Generate set", variant="primary", elem_id="gen_btn")
                 gen_note = gr.Markdown()
                 with gr.Row():
@@ -963,7 +964,7 @@ def build() -> gr.Blocks:
         diag_btn.click(on_diag_start, [owner, diag_run, diag_ref], [diag_note, jobs])
         sweep_btn.click(lambda o, r, f: on_diag_start(o, r, f, sweep=True), [owner, diag_run, diag_ref], [diag_note, jobs])
 
-        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed, gen_centre]
+        decode_inputs = [owner, gen_run, i, j, alpha, method, eta, seed, gen_centre, gen_noise, gen_calibration]
         gen_run.change(on_gen_run, [owner, gen_run, picker, gen_view], [thumbs, i, j, pick_note, gen_legend, gen_colorbar, gen_view]).then(
             on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal").then(  # the decoded image at once
             on_decode_check, decode_inputs, decode_note, show_progress="hidden")
@@ -971,12 +972,12 @@ def build() -> gr.Blocks:
         # answered one at a time (concurrency_limit), and an event that knew of fewer clicks changes nothing
         thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
                       show_progress="hidden")
-        for control in (alpha, i, j, eta, method, seed, gen_centre):
+        for control in (alpha, i, j, eta, method, seed, gen_centre, gen_noise, gen_calibration):
             control.change(on_decode, [*decode_inputs, gen_view], [image, picks], trigger_mode="always_last", show_progress="minimal").then(
                 on_decode_check, decode_inputs, decode_note, trigger_mode="always_last", show_progress="hidden")
         gen_view.input(on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal")
         gen_view.input(on_gen_view, [owner, gen_run, gen_view], [gen_legend, gen_colorbar], show_progress="hidden")
-        strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method, gen_centre], strip)
+        strip_btn.click(on_strip, [owner, gen_run, i, j, strip_k, method, gen_centre, gen_noise, gen_calibration], strip)
         for control in (gen_method, gen_pairing):
             control.change(on_gen_method, [gen_method, gen_pairing], [gen_pairing, gen_neighbours, gen_spread, gen_clusters, per_dim,
                                                                       gen_ft_steps, gen_ft_minutes],

@@ -34,7 +34,8 @@ from .config import DDIMSettings, GenerationSettings
 from .data import LoadReport, Sample, fit_stretch, load_paths, preview, to_uint8_rgb
 from .jobs import ACTIVE, Job, JobQueue
 from .models import FrozenDDPM
-from .sampling import interpolate, interpolation_centre, interpolation_strip
+from .latents import source_profile
+from .sampling import Draw, SourceProfile, finish, interpolate, interpolation_centre, interpolation_strip
 from .fsutil import atomic_write
 from .generated import image_files
 from .workspace import Workspace, WorkspaceError, check_name, owner_from_key, owner_from_login
@@ -422,20 +423,29 @@ def _run(owner: str, run_id: Optional[str]):
     return _record("runs", run_id, owner, "no run chosen: invert a dataset first (Invert tab), then pick its run")
 
 
-_LATENTS: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+_LATENTS: "OrderedDict[str, tuple[torch.Tensor, SourceProfile]]" = OrderedDict()
 _LATENTS_LOCK = threading.Lock()
 
 
-def _latents(owner: str, run_id: str) -> tuple[torch.Tensor, Any]:
-    """A run's latents, from a small in-memory cache (runs never change once written)."""
+def _latents_profile(owner: str, run_id: str) -> tuple[torch.Tensor, SourceProfile, Any]:
+    """A run's latents and its sources' profile (noise, sky, quantile functions), from a small in-memory cache
+    (runs never change once written)."""
     rec = _run(owner, run_id)
     with _LATENTS_LOCK:
         if rec.id not in _LATENTS:
-            _LATENTS[rec.id] = tasks.run_latents(backend().ws, rec.id, owner)[0]
+            z, _, meta = tasks.run_latents_meta(backend().ws, rec.id, owner)
+            _LATENTS[rec.id] = (z, source_profile(meta))
             while len(_LATENTS) > 8:
                 _LATENTS.popitem(last=False)
         _LATENTS.move_to_end(rec.id)
-        return _LATENTS[rec.id], rec
+        z, prof = _LATENTS[rec.id]
+        return z, prof, rec
+
+
+def _latents(owner: str, run_id: str) -> tuple[torch.Tensor, Any]:
+    """A run's latents and record (cached, :func:`_latents_profile`)."""
+    z, _, rec = _latents_profile(owner, run_id)
+    return z, rec
 
 
 class PairPicker:
@@ -572,10 +582,17 @@ def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView
 
 
 # ---------------------------------------------------------------- generation
-def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int) -> list[np.ndarray]:
+def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int, draws: Optional[list[Draw]] = None,
+            settings: Optional[GenerationSettings] = None, sources: Optional[SourceProfile] = None) -> list[np.ndarray]:
+    """Decoded ``z`` [n, C, H, W] for display; with ``draws`` and ``settings``, finished as a batch set is (the noise
+    model and the intensity calibration, :func:`oodgen.sampling.finish`, seeded as :func:`oodgen.engine.generate`)."""
     from . import engine
 
     imgs = engine.denoise(model, z, tasks.run_settings(rec), eta=eta, seed=seed).clamp(-1, 1)
+    if draws is not None and settings is not None:
+        imgs, warnings = finish(imgs, draws, settings, sources, torch.Generator().manual_seed(settings.seed * 7_919 + 17))
+        for w in warnings:
+            log.warning(w)
     return [upscale(a) for a in to_uint8_rgb(imgs)]
 
 
@@ -589,26 +606,31 @@ def _check_pair(n: int, i: int, j: int) -> None:
 
 
 def decode_pair(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0,
-                centre: str = GenerationSettings().centre) -> np.ndarray:
-    """The image decoded from Interp(x^i, x^j) at ``alpha`` (slerp about ``centre``): uint8 [H', W', 3] for display."""
-    z, rec = _latents(owner, run_id)
+                centre: str = GenerationSettings().centre, noise: str = GenerationSettings().noise,
+                calibration: str = GenerationSettings().calibration) -> np.ndarray:
+    """The image decoded from Interp(x^i, x^j) at ``alpha`` (slerp about ``centre``), finished with the ``noise`` model and
+    the intensity ``calibration`` as a batch set is: uint8 [H', W', 3] for display."""
+    z, prof, rec = _latents_profile(owner, run_id)
     _check_pair(z.shape[0], i, j)
-    GenerationSettings(method=method, alpha=alpha, eta=eta, centre=centre)  # validates
+    g = GenerationSettings(method=method, alpha=alpha, eta=eta, seed=seed, centre=centre, noise=noise, calibration=calibration)  # validates
     zi = interpolate(z[i : i + 1], z[j : j + 1], alpha, method, interpolation_centre(z, centre))
-    return _decode(get_model(rec.meta["model"]), rec, zi, eta, seed)[0]
+    return _decode(get_model(rec.meta["model"]), rec, zi, eta, seed, [Draw(method, int(i), int(j), float(alpha))], g, prof)[0]
 
 
 def decode_strip(owner: str, run_id: str, i: int, j: int, k: int = 7, method: str = "slerp",
-                 centre: str = GenerationSettings().centre) -> list[tuple[np.ndarray, str]]:
-    """k images along the interpolation path from sample i to sample j (slerp about ``centre``), captioned with alpha."""
-    z, rec = _latents(owner, run_id)
+                 centre: str = GenerationSettings().centre, noise: str = GenerationSettings().noise,
+                 calibration: str = GenerationSettings().calibration) -> list[tuple[np.ndarray, str]]:
+    """k images along the interpolation path from sample i to sample j (slerp about ``centre``, finished as
+    :func:`decode_pair`), captioned with alpha."""
+    z, prof, rec = _latents_profile(owner, run_id)
     _check_pair(z.shape[0], i, j)
     if not STRIP_K[0] <= int(k) <= STRIP_K[1]:  # refused, never clamped
         raise UserError(f"strip length k = {k}: pick between {STRIP_K[0]} and {STRIP_K[1]} images")
-    GenerationSettings(method=method, centre=centre)  # validates
+    g = GenerationSettings(method=method, centre=centre, noise=noise, calibration=calibration)  # validates
     path = interpolation_strip(z[i], z[j], k, method, interpolation_centre(z, centre))
-    imgs = _decode(get_model(rec.meta["model"]), rec, path, 0.0, 0)
-    return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, np.linspace(0, 1, k))]
+    alphas = [float(a) for a in np.linspace(0, 1, k)]
+    imgs = _decode(get_model(rec.meta["model"]), rec, path, 0.0, 0, [Draw(method, int(i), int(j), a) for a in alphas], g, prof)
+    return [(im, f"alpha {a:.2f}") for im, a in zip(imgs, alphas)]
 
 
 def generation_label(settings: GenerationSettings | dict) -> str:

@@ -18,7 +18,10 @@ from typing import Any, Optional
 import numpy as np
 
 from . import display, fallback, service, tasks
+from .config import GenerationSettings
 from .data import fit_stretch, preview
+
+GEN = GenerationSettings()
 
 _LAST: "OrderedDict[tuple, np.ndarray]" = OrderedDict()  # recently decoded images, for the domain check that follows a decode
 _LAST_LOCK = threading.Lock()
@@ -80,16 +83,17 @@ def run_view(owner: str, run_id: Optional[str], view: Optional[str] = None) -> d
     return {"legend": legend, "colorbar": bar, "views": choices, "view": view}
 
 
-def _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre) -> tuple:
-    return (owner, run_id, int(i), int(j), round(float(alpha), 6), method, round(float(eta), 6), int(seed), centre)
+def _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre, noise, calibration) -> tuple:
+    return (owner, run_id, int(i), int(j), round(float(alpha), 6), method, round(float(eta), 6), int(seed), centre, noise, calibration)
 
 
 def decode_view(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0,
-                centre: str = "cloud", view: Optional[str] = None) -> dict:
+                centre: str = "cloud", view: Optional[str] = None, noise: str = GEN.noise, calibration: str = GEN.calibration) -> dict:
     """The decoded image of Interp(x_i, x_j) (``decoded``, in ``view``) and ``picks``: sample i, the decoded image and
-    sample j side by side at one size, labelled (the real images beside the generated one)."""
-    img = service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
-    key = _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre)
+    sample j side by side at one size, labelled (the real images beside the generated one); ``noise`` and ``calibration``
+    finish it as a batch set is."""
+    img = service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, noise, calibration)
+    key = _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre, noise, calibration)
     with _LAST_LOCK:
         _LAST[key] = img
         while len(_LAST) > 32:
@@ -111,16 +115,16 @@ def decode_view(owner: str, run_id: str, i: int, j: int, alpha: float, method: s
 
 
 def decode_check(owner: str, run_id: str, i: int, j: int, alpha: float, method: str = "slerp", eta: float = 0.0, seed: int = 0,
-                 centre: str = "cloud") -> str:
+                 centre: str = "cloud", noise: str = GEN.noise, calibration: str = GEN.calibration) -> str:
     """Markdown: whether the decoded sample of these settings looks like the model's own domain rather than the run's
     data (:func:`oodgen.fallback.check` against the run's images and the model's own samples)."""
     if not owner or not run_id:
         return ""
-    key = _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre)
+    key = _decode_key(owner, run_id, i, j, alpha, method, eta, seed, centre, noise, calibration)
     with _LAST_LOCK:
         img = _LAST.get(key)
     if img is None:
-        img = service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre)
+        img = service.decode_pair(owner, run_id, int(i), int(j), float(alpha), method, float(eta), int(seed), centre, noise, calibration)
     rec = service._run(owner, run_id)
     model = service.get_model(rec.meta["model"])
     steps = int(tasks.run_settings(rec).steps)

@@ -222,6 +222,7 @@ def test_batch_controls_start_at_the_generation_defaults_and_reach_the_settings(
     assert (by_id["gen_method"].value, by_id["gen_pairing"].value) == (g.method, g.pairing)
     assert (by_id["gen_neighbours"].value, by_id["gen_spread"].value, by_id["gen_clusters"].value) == (g.neighbours, g.alpha_spread, g.clusters)
     assert by_id["gen_neighbours"].visible == (g.method != "gaussian" and g.pairing == "nearest")
+    assert (by_id["gen_noise"].value, by_id["gen_calibration"].value, by_id["gen_centre"].value) == (g.noise, g.calibration, g.centre)
     seen = []
     monkeypatch.setattr(app.service, "start_generate", lambda owner, run, n, name, s: seen.append((n, name, s)) or _FakeJob())
     monkeypatch.setattr(app.service, "run_in_request", lambda job: None)
@@ -229,6 +230,8 @@ def test_batch_controls_start_at_the_generation_defaults_and_reach_the_settings(
     app.on_generate("anon-a", "run-1", "lerp", 8.0, 0.4, 0.1, 3, True, 0.2, False, "nearest", 4.0, 0.15, 2.0, " my set ")
     assert seen == [(8, "my set", GenerationSettings(method="lerp", alpha=0.4, eta=0.1, seed=3, geometric_filter=True, filter_tolerance=0.2,
                                                      pairing="nearest", neighbours=4, alpha_spread=0.15, clusters=2))]
+    app.on_generate("anon-a", "run-1", "slerp", 4, 0.5, 0, 0, False, 0.05, False, "random", 5, 0.0, 1, "", "sky", None, None, "origin", "none")
+    assert seen[-1][2] == GenerationSettings(noise="sky", centre="origin", calibration="none")
     import gradio as gr
 
     with pytest.raises(gr.Error, match="Neighbours: enter a whole number"):

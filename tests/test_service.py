@@ -303,6 +303,16 @@ def test_batch_generation_with_nearest_pairing_and_alpha_spread_records_and_foll
     assert about_cloud.shape == about_origin.shape and not np.array_equal(about_cloud, about_origin)
     assert np.array_equal(service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="cloud"),
                           service.decode_pair(owner, inv.result, 0, 5, 0.5, "lerp", centre="origin"))  # lerp has no centre
+    # the single decode and the strip are finished as a batch set is: the noise model and the intensity calibration change
+    # the image (seeded: the same call gives the same image), and both off give the decoder's own output
+    plain = service.decode_pair(owner, inv.result, 0, 5, 0.5, "slerp", noise="none", calibration="none")
+    calibrated = service.decode_pair(owner, inv.result, 0, 5, 0.5, "slerp", noise="none", calibration="quantiles")
+    assert not np.array_equal(plain, calibrated) and not np.array_equal(plain, about_cloud)
+    assert np.array_equal(about_cloud, service.decode_pair(owner, inv.result, 0, 5, 0.5, "slerp"))
+    ends = service.decode_strip(owner, inv.result, 0, 5, 3, noise="none", calibration="none")
+    assert not np.array_equal(ends[0][0], service.decode_strip(owner, inv.result, 0, 5, 3)[0][0])
+    with pytest.raises(ValueError, match="calibration"):
+        service.decode_pair(owner, inv.result, 0, 5, 0.5, calibration="curves")
     # out-of-range numbers are refused with the range, never clamped or read from the end of the run
     rec_n = len(z)
     for bad in ((-1, 2), (0, rec_n), (rec_n + 5, 1)):
