@@ -538,7 +538,7 @@ def generate(
     if sources is not None and sources.quantiles is not None and len(sources.quantiles) != len(latents):
         raise ValueError(f"the source profile has {len(sources.quantiles)} rows for {len(latents)} latents; take SourceProfile.subset of the same rows")
     images = denoise(model, z, ddim_settings, settings.eta, settings.seed, progress, cancel)
-    images, warnings = finish(images, draws, settings, sources, torch.Generator().manual_seed(settings.seed * 7_919 + 17))
+    images, warnings = finish(images, draws, settings, sources)
     for w in warnings:
         log.warning(w)
     return Generated(images, z, draws)

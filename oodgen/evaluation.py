@@ -352,8 +352,7 @@ def bandwidth_search(model, real: ImageSet, base, grid: SearchGrid = SearchGrid(
             done += grid.n_per_cell
             for nz in grid.noise:
                 label = cell_label(t, eta, pairing, nz)
-                g_noise = torch.Generator().manual_seed(base.seed * 7_919 + 17)  # as engine.generate seeds it
-                images, _ = finish(out.images, out.draws, replace(base, noise=nz), sources, g_noise)
+                images, _ = finish(out.images, out.draws, replace(base, noise=nz), sources)
                 gens[label] = model_output_set(images, real, stretch, label)
     ev = evaluate_sets(next(iter(gens.values())), real, list(gens.values())[1:], kind, settings, with_crossfade=True,
                        progress=lambda s, f: report(f"evaluate: {s}", f))

@@ -127,21 +127,18 @@ def count_latents(path: str | Path) -> int:
         return int(f.get_slice(TENSOR).get_shape()[0])
 
 
-QUANTILE_LEVELS = 65  # levels of each source's recorded quantile function (probabilities 0, 1/64, ..., 1)
-
-
 def sources_of(samples: Any, x: Any = None) -> list[dict[str, Any]]:
     """The ``sources`` metadata entries of :class:`oodgen.data.Sample` s, in order: name, content hash and,
     when the model inputs ``x`` [N, C, H, W] are given, each image's pixel-noise sigma and sky level per
     channel in model units (:func:`oodgen.sampling.pixel_noise`, :func:`~oodgen.sampling.border_level`)
-    and its per-channel quantile function at :data:`QUANTILE_LEVELS` levels (read back by
+    and its per-channel quantile function at :data:`oodgen.sampling.QUANTILE_LEVELS` levels (read back by
     :func:`source_profile`)."""
     out: list[dict[str, Any]] = [{"name": s.name, "sha256": s.sha256} for s in samples]
     if x is not None and len(out):
         from .sampling import border_level, pixel_noise, quantile_functions
 
         xf = x.float()
-        for entry, sig, sky, q in zip(out, pixel_noise(xf).tolist(), border_level(xf).tolist(), quantile_functions(xf, QUANTILE_LEVELS).tolist()):
+        for entry, sig, sky, q in zip(out, pixel_noise(xf).tolist(), border_level(xf).tolist(), quantile_functions(xf).tolist()):
             entry["noise"] = [round(v, 6) for v in sig]
             entry["sky"] = [round(v, 6) for v in sky]
             entry["quantiles"] = [[round(v, 4) for v in row] for row in q]

@@ -323,6 +323,9 @@ def match_noise(images: torch.Tensor, target: torch.Tensor, generator: torch.Gen
     return images + noise * add[:, :, None, None]
 
 
+QUANTILE_LEVELS = 65  # levels of each source's quantile function as oodgen records it (quantile_probs: cosine-spaced, dense in the tails)
+
+
 def quantile_probs(levels: int) -> torch.Tensor:
     """The probabilities [levels] at which oodgen records quantile functions: (1 - cos(pi k / (levels - 1))) / 2,
     k = 0 .. levels - 1, from 0 (the minimum) to 1 (the maximum), dense in both tails (at 65 levels the
@@ -334,7 +337,7 @@ def quantile_probs(levels: int) -> torch.Tensor:
     return (1 - torch.cos(math.pi * k / (levels - 1))) / 2
 
 
-def quantile_functions(x: torch.Tensor, levels: int = 65) -> torch.Tensor:
+def quantile_functions(x: torch.Tensor, levels: int = QUANTILE_LEVELS) -> torch.Tensor:
     """Per-image, per-channel quantile functions of ``x`` [N, C, H, W] at :func:`quantile_probs` (``levels``):
     [N, C, levels], float32."""
     if x.ndim != 4:
@@ -386,7 +389,7 @@ class SourceProfile:
     quantiles: Optional[torch.Tensor] = None  # [N, C, Q] each source's per-channel quantile function, rows as the latents
 
     @classmethod
-    def from_images(cls, x: torch.Tensor, levels: int = 65) -> "SourceProfile":
+    def from_images(cls, x: torch.Tensor, levels: int = QUANTILE_LEVELS) -> "SourceProfile":
         """The profile of source images ``x`` [N, C, H, W] in model units."""
         noise, sky = noise_targets(x)
         return cls(noise, sky, quantile_functions(x, levels))
@@ -397,12 +400,14 @@ class SourceProfile:
         return SourceProfile(self.noise, self.sky, q)
 
 
-def finish(images: torch.Tensor, draws: "list[Draw]", settings: GenerationSettings, sources: Optional[SourceProfile],
-           generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def finish(images: torch.Tensor, draws: "list[Draw]", settings: GenerationSettings,
+           sources: Optional[SourceProfile]) -> tuple[torch.Tensor, list[str]]:
     """Decoded images [n, C, H, W] in [-1, 1] after the noise model and the intensity calibration of ``settings``
     (the module docstring), clamped to [-1, 1]; and the warnings for steps that could not run (the sources'
-    profile lacks what they need: a latent file made before oodgen recorded it)."""
+    profile lacks what they need: a latent file made before oodgen recorded it). The noise is seeded by
+    ``settings.seed`` (same settings, same images)."""
     src = sources or SourceProfile()
+    generator = torch.Generator().manual_seed(settings.seed * 7_919 + 17)
     warnings: list[str] = []
     if settings.noise != "none":
         if src.noise is None or (settings.noise == "sky" and src.sky is None):

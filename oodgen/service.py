@@ -582,17 +582,16 @@ def diagnostics_view(owner: str, run_id: str, reference: str) -> DiagnosticsView
 
 
 # ---------------------------------------------------------------- generation
-def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int, draws: Optional[list[Draw]] = None,
-            settings: Optional[GenerationSettings] = None, sources: Optional[SourceProfile] = None) -> list[np.ndarray]:
-    """Decoded ``z`` [n, C, H, W] for display; with ``draws`` and ``settings``, finished as a batch set is (the noise
-    model and the intensity calibration, :func:`oodgen.sampling.finish`, seeded as :func:`oodgen.engine.generate`)."""
+def _decode(model: FrozenDDPM, rec, z: torch.Tensor, eta: float, seed: int, draws: list[Draw], settings: GenerationSettings,
+            sources: Optional[SourceProfile]) -> list[np.ndarray]:
+    """Decoded ``z`` [n, C, H, W] for display, finished as a batch set is (the noise model and the intensity
+    calibration of ``settings`` for ``draws``, :func:`oodgen.sampling.finish`)."""
     from . import engine
 
     imgs = engine.denoise(model, z, tasks.run_settings(rec), eta=eta, seed=seed).clamp(-1, 1)
-    if draws is not None and settings is not None:
-        imgs, warnings = finish(imgs, draws, settings, sources, torch.Generator().manual_seed(settings.seed * 7_919 + 17))
-        for w in warnings:
-            log.warning(w)
+    imgs, warnings = finish(imgs, draws, settings, sources)
+    for w in warnings:
+        log.warning(w)
     return [upscale(a) for a in to_uint8_rgb(imgs)]
 
 

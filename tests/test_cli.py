@@ -206,7 +206,8 @@ def test_generate_calibrates_each_sample_to_its_sources_intensity_distribution(t
     --calibration none does not; a latent file without them still generates, with a warning."""
     import torch
 
-    from oodgen.latents import QUANTILE_LEVELS, save_latents
+    from oodgen.latents import save_latents
+    from oodgen.sampling import QUANTILE_LEVELS
     from oodgen.sampling import match_quantiles
 
     d = tmp_path / "src"
