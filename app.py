@@ -231,9 +231,11 @@ def on_gen_run(owner, run_id, picker, view=None):
             v["legend"], v["colorbar"], gr.Radio(choices=v["views"], value=v["view"], visible=bool(v["views"])))
 
 
-def on_pick(picker, clicks, evt: gr.SelectData):
+def on_pick(picker, clicks, evt: gr.SelectData) -> None:
     """Clicking a thumbnail sets sample i, the next click sample j, and so on, in click order (``clicks``: the page's
-    record of its clicks, JSON {"n": count, "last": [index, index]}; without it, this click in arrival order)."""
+    record of its clicks, JSON {"n": count, "last": [index, index]}; without it, this click in arrival order). Only the
+    session's picker changes: :func:`on_pick_shown` shows it (answers to a burst of clicks may reach the page in
+    another order than they were computed, so none of them carries what it saw)."""
     try:
         record = json.loads(clicks or "{}")
         count, recent = int(record.get("n") or 0), [int(k) for k in record.get("last") or []]
@@ -241,7 +243,12 @@ def on_pick(picker, clicks, evt: gr.SelectData):
         count, recent = 0, []
     if not count or not recent:
         count, recent = 0, [int(evt.index)]
-    slots = picker.pick(count, recent)
+    picker.pick(count, recent)
+
+
+def on_pick_shown(picker):
+    """Sliders i and j and the pick note as the session's picker stands now (a slot no click set is left alone)."""
+    slots = picker.slots()
     return slots.get("i", gr.skip()), slots.get("j", gr.skip()), picker.note()
 
 
@@ -969,9 +976,12 @@ def build() -> gr.Blocks:
             on_decode, [*decode_inputs, gen_view], [image, picks], show_progress="minimal").then(  # the decoded image at once
             on_decode_check, decode_inputs, decode_note, show_progress="hidden")
         # every click counts (trigger_mode), numbered in the browser as it happens (PICK_LOG_JS, read by PICK_JS);
-        # answered one at a time (concurrency_limit), and an event that knew of fewer clicks changes nothing
-        thumbs.select(on_pick, [picker, pick_click], [i, j, pick_note], js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
-                      show_progress="hidden")
+        # answered one at a time (concurrency_limit), and an event that knew of fewer clicks changes nothing. What the
+        # clicks set is shown by one follow-up at a time, the last one after every answer (always_last), so the page
+        # ends with the picker's final state whatever order the answers arrive in.
+        thumbs.select(on_pick, [picker, pick_click], None, js=PICK_JS, trigger_mode="multiple", concurrency_limit=1,
+                      show_progress="hidden").then(
+            on_pick_shown, picker, [i, j, pick_note], trigger_mode="always_last", show_progress="hidden")
         for control in (alpha, i, j, eta, method, seed, gen_centre, gen_noise, gen_calibration):
             control.change(on_decode, [*decode_inputs, gen_view], [image, picks], trigger_mode="always_last", show_progress="minimal").then(
                 on_decode_check, decode_inputs, decode_note, trigger_mode="always_last", show_progress="hidden")

@@ -494,6 +494,11 @@ class PairPicker:
                     out[which] = index
             return out
 
+    def slots(self) -> dict[str, int]:
+        """The sample index of each slot ("i", "j") that a click since the last :meth:`reset` set."""
+        with self._lock:
+            return {k: self._index[k] for k in ("i", "j") if self._last[k] > self._base}
+
     def note(self) -> str:
         """One line on what the clicks so far set and what the next one sets."""
         with self._lock:

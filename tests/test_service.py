@@ -87,10 +87,12 @@ def test_thumbnail_picks_alternate_i_and_j_in_click_order():
     for n, last in (records[0], records[1], records[4], records[5], records[2], records[3]):
         burst.pick(n, last)
     assert burst.note() == "Sample j = 13." and burst.pick(6, [12, 13]) == {}  # i = 12 and j = 13 were set
+    assert burst.slots() == {"i": 12, "j": 13}  # what the page shows after the burst
     assert copy.deepcopy(picker).pick(1, [5]) == {"i": 5}  # a new page session starts afresh
     picker.reset()  # another run: the next click sets i again
+    assert picker.slots() == {}  # nothing set on the new run's thumbnails yet: the sliders keep their reset values
     assert picker.pick(5, [44, 3]) == {} and picker.pick(7, [9, 1]) == {"i": 1}  # clicks up to 6 were before the reset
-    assert picker.pick(8, [1, 2]) == {"j": 2}
+    assert picker.slots() == {"i": 1} and picker.pick(8, [1, 2]) == {"j": 2}
     assert [picker.pick(None, [4]), picker.pick(0, [5])] == [{"i": 4}, {"j": 5}]  # a page that counts nothing: arrival order
 
     fresh, start = service.PairPicker(), threading.Barrier(16)
